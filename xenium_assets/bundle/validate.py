@@ -1,0 +1,368 @@
+"""Validate a bundle: files readable, ids consistent, polygons well-formed, cells on the image.
+
+Bundle-level faults (a missing or corrupt file, no DAPI channel, ids that belong to another bundle,
+no cell on the image) raise :class:`BundleError` with one line naming the file and the fix.
+Cell-level faults never drop a cell silently: each bad cell gets a reason, counted in the report and
+listed in a table that downstream assets use to skip it. Every check is vectorised over all rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import shapely
+
+from xenium_assets.bundle.errors import BundleError
+from xenium_assets.bundle.ids import normalise_ids
+from xenium_assets.bundle.image import DapiImage, find_dapi
+from xenium_assets.bundle.locate import BundleFiles, XoaVersion, locate_files, parse_version, read_experiment
+from xenium_assets.bundle.tables import read_matrix_index, read_table
+from xenium_assets.formats import CONTROL_FEATURE_TYPES, Col, FeatureType
+from xenium_assets.progress import Progress, no_progress
+
+# Reasons a cell cannot be used downstream, and facts worth knowing that do not disqualify it.
+INVALID_REASONS = (
+    "duplicate_cell_id",
+    "not_in_matrix",
+    "no_cell_boundary",
+    "cell_polygon_rows_not_contiguous",
+    "cell_polygon_open",
+    "cell_polygon_degenerate",
+    "cell_polygon_nan_vertex",
+    "cell_polygon_self_intersecting",
+    "nucleus_polygon_rows_not_contiguous",
+    "nucleus_polygon_open",
+    "nucleus_polygon_degenerate",
+    "nucleus_polygon_nan_vertex",
+    "nucleus_polygon_self_intersecting",
+    "centroid_off_image",
+)
+FLAG_REASONS = ("no_nucleus", "multinucleate", "partly_off_image")
+PIXEL_SIZE_TOLERANCE = 1e-3
+MIN_SHARED_IDS = 0.5
+
+
+@dataclass
+class BundleReport:
+    """Everything the raw_bundle asset learns about a bundle (the manifest is written from this)."""
+
+    files: BundleFiles
+    spec: dict
+    version: XoaVersion
+    dapi: DapiImage
+    pixel_size_um: float
+    pixel_size_source: str
+    image_origin_um: tuple[float, float]
+    n_cells: int
+    n_valid_cells: int
+    id_kind: str
+    n_nucleus_polygons: int
+    feature_types: dict[str, int]
+    invalid: dict[str, int]
+    flags: dict[str, int]
+    cell_problems: pa.Table
+    problems: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+    @property
+    def n_genes(self) -> int:
+        return self.feature_types.get(FeatureType.GENE.value, 0)
+
+    @property
+    def n_controls(self) -> int:
+        return sum(v for k, v in self.feature_types.items() if k in CONTROL_FEATURE_TYPES)
+
+
+@dataclass
+class _Polygons:
+    """Per-polygon results of the polygon checks."""
+
+    owner: np.ndarray  # normalised cell id per polygon
+    bad: dict[str, np.ndarray]  # reason -> boolean per polygon
+    bbox: np.ndarray  # (P, 4) min x, min y, max x, max y in µm
+
+
+def check_polygons(table: pa.Table, path: Path) -> _Polygons:
+    """Group vertex rows into polygons (by label_id where present) and test each polygon, vectorised."""
+    n = table.num_rows
+    if n == 0:
+        raise BundleError(path, "has no polygons", "re-copy the file from the instrument output")
+    ids = normalise_ids(table[Col.CELL_ID])
+    x = table[Col.VERTEX_X].to_numpy().astype(np.float64)
+    y = table[Col.VERTEX_Y].to_numpy().astype(np.float64)
+    key = table[Col.LABEL_ID].to_numpy() if Col.LABEL_ID in table.column_names else pd.factorize(ids)[0]
+    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    ends = np.append(starts[1:], n)
+    rows = ends - starts
+    group = np.repeat(np.arange(len(starts)), rows)
+    first_keys = key[starts]
+    repeated_key = pd.Series(first_keys).duplicated(keep=False).to_numpy()
+    nan = np.add.reduceat((np.isnan(x) | np.isnan(y)).astype(np.int64), starts) > 0
+    closed = (x[starts] == x[ends - 1]) & (y[starts] == y[ends - 1])
+    order = np.lexsort((y, x, group))
+    go, xo, yo = group[order], x[order], y[order]
+    dup = (go[1:] == go[:-1]) & (xo[1:] == xo[:-1]) & (yo[1:] == yo[:-1])
+    distinct = rows - np.bincount(go[1:][dup], minlength=len(starts))
+    degenerate = distinct < 3
+    well_formed = ~(nan | degenerate | ~closed | repeated_key)
+    self_intersecting = np.zeros(len(starts), dtype=bool)
+    if well_formed.any():
+        keep_rows = np.repeat(well_formed, rows)
+        coords = np.column_stack([x[keep_rows], y[keep_rows]])
+        ring_offsets = np.concatenate([[0], np.cumsum(rows[well_formed])])
+        polys = shapely.from_ragged_array(
+            shapely.GeometryType.POLYGON, coords, offsets=(ring_offsets, np.arange(well_formed.sum() + 1))
+        )
+        self_intersecting[well_formed] = ~shapely.is_valid(polys)
+    with np.errstate(invalid="ignore"):
+        bbox = np.column_stack(
+            [
+                np.fmin.reduceat(x, starts),
+                np.fmin.reduceat(y, starts),
+                np.fmax.reduceat(x, starts),
+                np.fmax.reduceat(y, starts),
+            ]
+        )
+    return _Polygons(
+        owner=ids[starts],
+        bad={
+            "rows_not_contiguous": repeated_key,
+            "open": ~closed & ~nan,
+            "degenerate": degenerate & ~nan,
+            "nan_vertex": nan,
+            "self_intersecting": self_intersecting,
+        },
+        bbox=bbox,
+    )
+
+
+def _resolve_pixel_size(
+    spec: dict, dapi: DapiImage, files: BundleFiles, override: float | None, problems: list[str]
+) -> tuple[float, str]:
+    """Pixel size in µm: config override, else experiment.xenium (as spatialdata-io), else OME."""
+    from_spec = spec.get("pixel_size")
+    from_spec = float(from_spec) if isinstance(from_spec, int | float) and from_spec > 0 else None
+    from_ome = dapi.physical_size_um
+    if from_spec and from_ome and abs(from_spec - from_ome) > PIXEL_SIZE_TOLERANCE * from_spec:
+        problems.append(
+            f"pixel size mismatch: experiment.xenium says {from_spec} µm, {dapi.file.name} says {from_ome} µm"
+            + (
+                "; the configured value is used"
+                if override
+                else "; experiment.xenium is used (set pixel_size_um to override)"
+            )
+        )
+    if override is not None:
+        if override <= 0:
+            raise BundleError(
+                files.root, f"configured pixel_size_um {override} is not positive", "set a size in µm per pixel"
+            )
+        return float(override), "config"
+    if from_spec:
+        return from_spec, "experiment.xenium"
+    if from_ome:
+        return from_ome, "ome"
+    raise BundleError(
+        dapi.file,
+        "pixel size unknown: no experiment.xenium pixel_size and no OME PhysicalSizeX",
+        "register the sample with a pixel size (xenium-assets add DIR --pixel-size UM) or set pixel_size_um",
+    )
+
+
+def _fingerprint(files: BundleFiles) -> str:
+    """Cheap content fingerprint (names, sizes, mtimes): changes when any used file changes."""
+    paths = [
+        p
+        for p in (
+            files.experiment,
+            files.cells,
+            files.cell_boundaries,
+            files.nucleus_boundaries,
+            files.transcripts,
+            files.matrix,
+            files.cells_zarr,
+            files.graphclust,
+        )
+        if p is not None
+    ]
+    paths += sorted(files.focus.parent.glob("*.ome.tif"))
+    h = hashlib.sha1()
+    for p in paths:
+        for q in sorted(p.rglob("*")) if p.is_dir() else [p]:
+            st = q.stat()
+            h.update(f"{q.relative_to(files.root)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def inspect_bundle(
+    root: str | Path,
+    *,
+    pixel_size_um: float | None = None,
+    image_origin_um: tuple[float, float] = (0.0, 0.0),
+    progress: Progress = no_progress,
+) -> BundleReport:
+    """Locate, read and validate a bundle; raise BundleError if it cannot be used at all."""
+    steps = 6
+    progress("validate bundle", 0, steps)
+    files = locate_files(root)
+    problems: list[str] = []
+    spec = read_experiment(files.experiment)
+    version = parse_version(spec)
+    if files.experiment is None:
+        problems.append(f"no experiment.xenium: version unknown, image layout {files.image_layout} read from the files")
+    elif version.numbers is None:
+        problems.append(
+            f"unparseable XOA version {version.text!r}: image layout {files.image_layout} read from the files"
+        )
+    dapi = find_dapi(files.focus)
+    problems += dapi.notes
+    pixel_size, pixel_source = _resolve_pixel_size(spec, dapi, files, pixel_size_um, problems)
+    progress("validate bundle", 1, steps)
+
+    cells = read_table(files.cells, [Col.CELL_ID, Col.X_CENTROID, Col.Y_CENTROID])
+    if cells.num_rows == 0:
+        raise BundleError(files.cells, "has no cells", "check that the run segmented cells")
+    id_type = cells[Col.CELL_ID].type
+    id_kind = "integer" if pa.types.is_integer(id_type) else "binary" if pa.types.is_binary(id_type) else "string"
+    ids = normalise_ids(cells[Col.CELL_ID])
+    n = len(ids)
+    reasons: dict[str, np.ndarray] = {}
+    dup = pd.Series(ids).duplicated().to_numpy()
+    reasons["duplicate_cell_id"] = dup
+    index = pd.Index(ids[~dup]) if dup.any() else pd.Index(ids)
+    row_of_unique = np.flatnonzero(~dup)
+
+    def rows_of(other: np.ndarray) -> np.ndarray:
+        """Cell-table row of each id in ``other`` (-1 where the id is not a cell)."""
+        pos = index.get_indexer(other)
+        return np.where(pos >= 0, row_of_unique[np.maximum(pos, 0)], -1)
+
+    def shared_or_fail(other: np.ndarray, path: Path, what: str) -> np.ndarray:
+        pos = rows_of(other)
+        found = pos >= 0
+        if found.sum() < MIN_SHARED_IDS * min(n, len(other)):
+            raise BundleError(
+                path,
+                f"cell ids do not match {files.cells.name}: {int(found.sum())} of {len(other)} {what} are cells "
+                f"(e.g. {other[0]!r} vs {ids[0]!r})",
+                "the files come from different runs; re-copy the bundle",
+            )
+        return pos
+
+    progress("validate bundle", 2, steps)
+    matrix = read_matrix_index(files.matrix, files.matrix_format)
+    in_matrix = np.zeros(n, dtype=bool)
+    pos = shared_or_fail(matrix.barcodes, files.matrix, "matrix barcodes")
+    in_matrix[pos[pos >= 0]] = True
+    reasons["not_in_matrix"] = ~in_matrix
+    if (pos < 0).any():
+        problems.append(f"{int((pos < 0).sum())} matrix barcodes are not in {files.cells.name}")
+    feature_types = dict(Counter(matrix.feature_types.tolist()))
+    progress("validate bundle", 3, steps)
+
+    cell_polys = check_polygons(
+        read_table(files.cell_boundaries, [Col.CELL_ID, Col.VERTEX_X, Col.VERTEX_Y], (Col.LABEL_ID,)),
+        files.cell_boundaries,
+    )
+    pos = shared_or_fail(cell_polys.owner, files.cell_boundaries, "cell polygons")
+    known = pos >= 0
+    if (~known).any():
+        problems.append(f"{int((~known).sum())} polygons in {files.cell_boundaries.name} belong to no cell")
+    has_cell = np.zeros(n, dtype=bool)
+    has_cell[pos[known]] = True
+    reasons["no_cell_boundary"] = ~has_cell
+    for reason, bad in cell_polys.bad.items():
+        mask = np.zeros(n, dtype=bool)
+        mask[pos[known & bad]] = True
+        reasons[f"cell_polygon_{reason}"] = mask
+    progress("validate bundle", 4, steps)
+
+    nuc_polys = check_polygons(
+        read_table(files.nucleus_boundaries, [Col.CELL_ID, Col.VERTEX_X, Col.VERTEX_Y], (Col.LABEL_ID,)),
+        files.nucleus_boundaries,
+    )
+    npos = shared_or_fail(nuc_polys.owner, files.nucleus_boundaries, "nucleus polygons")
+    nknown = npos >= 0
+    if (~nknown).any():
+        problems.append(f"{int((~nknown).sum())} polygons in {files.nucleus_boundaries.name} belong to no cell")
+    nuclei_per_cell = np.bincount(npos[nknown], minlength=n)
+    reasons["no_nucleus"] = nuclei_per_cell == 0
+    reasons["multinucleate"] = nuclei_per_cell > 1
+    for reason, bad in nuc_polys.bad.items():
+        mask = np.zeros(n, dtype=bool)
+        mask[npos[nknown & bad]] = True
+        reasons[f"nucleus_polygon_{reason}"] = mask
+    progress("validate bundle", 5, steps)
+
+    height, width = dapi.shape
+    ox, oy = image_origin_um
+    col = (cells[Col.X_CENTROID].to_numpy().astype(np.float64) - ox) / pixel_size
+    row = (cells[Col.Y_CENTROID].to_numpy().astype(np.float64) - oy) / pixel_size
+    with np.errstate(invalid="ignore"):
+        on_image = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    if not on_image.any():
+        raise BundleError(
+            dapi.file,
+            f"no cell centroid lies on the DAPI image ({width}x{height} px at {pixel_size} µm/px from origin "
+            f"{ox},{oy} µm covers x {ox}-{ox + width * pixel_size:.1f}, y {oy}-{oy + height * pixel_size:.1f} µm; "
+            f"cells span x {np.nanmin(col) * pixel_size + ox:.1f}-{np.nanmax(col) * pixel_size + ox:.1f} µm)",
+            "set pixel_size_um and image_origin_um for this sample",
+        )
+    reasons["centroid_off_image"] = ~on_image
+    bb = cell_polys.bbox[known]
+    tol = pixel_size / 2  # vertices are float32: a polygon clipped at the image edge may overshoot it by rounding
+    outside = (
+        (bb[:, 0] < ox - tol)
+        | (bb[:, 1] < oy - tol)
+        | (bb[:, 2] > ox + width * pixel_size + tol)
+        | (bb[:, 3] > oy + height * pixel_size + tol)
+    )
+    partly = np.zeros(n, dtype=bool)
+    partly[pos[known][outside]] = True
+    reasons["partly_off_image"] = partly & on_image
+
+    rows, reason_col, kind_col = [], [], []
+    for reason, mask in reasons.items():
+        hit = np.flatnonzero(mask)
+        rows.append(hit)
+        reason_col.append(np.full(len(hit), reason, dtype=object))
+        kind_col.append(np.full(len(hit), "flag" if reason in FLAG_REASONS else "invalid", dtype=object))
+    hits = np.concatenate(rows)
+    cell_problems = pa.table(
+        {
+            "cell_id": pa.array(ids[hits].tolist(), pa.string()),
+            "reason": pa.array(np.concatenate(reason_col).tolist(), pa.string()),
+            "kind": pa.array(np.concatenate(kind_col).tolist(), pa.string()),
+        }
+    )
+    invalid = {r: int(reasons[r].sum()) for r in INVALID_REASONS if reasons[r].any()}
+    any_invalid = np.logical_or.reduce([reasons[r] for r in INVALID_REASONS])
+    flags = {r: int(reasons[r].sum()) for r in FLAG_REASONS if reasons[r].any()}
+    if invalid:
+        problems.append("invalid cells: " + ", ".join(f"{v} {k}" for k, v in invalid.items()))
+    progress("validate bundle", steps, steps)
+    return BundleReport(
+        files=files,
+        spec=spec,
+        version=version,
+        dapi=dapi,
+        pixel_size_um=pixel_size,
+        pixel_size_source=pixel_source,
+        image_origin_um=(float(ox), float(oy)),
+        n_cells=n,
+        n_valid_cells=int(n - any_invalid.sum()),
+        id_kind=id_kind,
+        n_nucleus_polygons=len(nuc_polys.owner),
+        feature_types=feature_types,
+        invalid=invalid,
+        flags=flags,
+        cell_problems=cell_problems,
+        problems=problems,
+        fingerprint=_fingerprint(files),
+    )

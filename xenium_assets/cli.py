@@ -1,0 +1,209 @@
+"""The ``xenium-assets`` command: make synthetic bundles, register samples, run the demo, benchmark.
+
+Commands that touch Dagster use the project's instance: $DAGSTER_HOME if set, else
+data/dagster_home with the repository's dagster.yaml, so runs started here show in `dagster dev`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from xenium_assets.paths import ProjectPaths
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def project_instance(paths: ProjectPaths):  # -> DagsterInstance (imported lazily: Dagster is slow to import)
+    """The project's Dagster instance, creating data/dagster_home with the project's dagster.yaml."""
+    from dagster import DagsterInstance
+
+    if "DAGSTER_HOME" not in os.environ:
+        home = paths.dagster_home
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        project_config = Path.cwd() / "dagster.yaml"
+        if not config.exists() and project_config.exists():
+            config.symlink_to(project_config.resolve())
+        os.environ["DAGSTER_HOME"] = str(home)
+    return DagsterInstance.get()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Xenium bundles to expression-labelled DAPI training data, as Dagster assets."""
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--cells", "n_cells", default=1500, show_default=True, help="Number of cells.")
+@click.option("--width", default=2048, show_default=True, help="Image width in pixels (0.2125 µm each).")
+@click.option("--height", default=2048, show_default=True, help="Image height in pixels.")
+@click.option(
+    "--version",
+    "version",
+    type=click.Choice(["1", "1.7", "2", "3", "4"]),
+    default="3",
+    show_default=True,
+    help="XOA release to imitate: 1 (integer ids), 1.7 (binary ids), 2/3 (morphology_focus_000N), 4 (chNNNN_<name>).",
+)
+@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same bundle.")
+@click.option("--null", is_flag=True, help="Draw nuclear morphology independently of the class (negative control).")
+@click.option("--classes", "n_classes", default=4, show_default=True, help="Number of cell classes (2-5).")
+@click.option(
+    "--codec",
+    type=click.Choice(["jpeg2000", "zlib", "zstd", "lzw", "none"]),
+    default="jpeg2000",
+    show_default=True,
+    help="TIFF tile compression (the instrument writes JPEG-2000).",
+)
+@click.option("--csv", is_flag=True, help="Also write the .csv.gz variants of the tables.")
+@click.option("--region", default=None, help="region_name in experiment.xenium (default: the folder name).")
+@click.option("--workers", default=0, help="Threads for rendering and compression (0: up to 4).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def synth(
+    out: Path,
+    n_cells: int,
+    width: int,
+    height: int,
+    version: str,
+    seed: int,
+    null: bool,
+    n_classes: int,
+    codec: str,
+    csv: bool,
+    region: str | None,
+    workers: int,
+    overwrite: bool,
+) -> None:
+    """Write a synthetic Xenium bundle to OUT and its ground truth to OUT.truth.parquet (beside it)."""
+    from xenium_assets.progress import TqdmProgress
+    from xenium_assets.synth import SynthParams, generate_bundle
+
+    try:
+        params = SynthParams(
+            n_cells=n_cells,
+            width=width,
+            height=height,
+            version=version,
+            seed=seed,
+            null=null,
+            n_classes=n_classes,
+            codec=codec,
+            csv=csv,
+            region_name=region,
+            workers=workers,
+        )
+        result = generate_bundle(out, params, overwrite=overwrite, progress=TqdmProgress())
+    except (ValueError, FileExistsError) as exc:
+        _fail(str(exc))
+    click.echo(
+        f"wrote {result.bundle} ({result.n_cells} cells, {result.n_nuclei} nuclei, "
+        f"{result.n_transcripts} transcripts); truth: {result.truth}"
+    )
+
+
+def _origin(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        x, y = (float(v) for v in value.split(","))
+    except ValueError as exc:
+        raise click.BadParameter("expected X,Y in µm, e.g. 1000,1000") from exc
+    return x, y
+
+
+@main.command()
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option("--sample", "key", default=None, help="Partition key (default: from the folder name).")
+@click.option("--pixel-size", type=float, default=None, help="µm per pixel, for bundles that do not record it.")
+@click.option("--origin", default=None, help="X,Y µm of the image's top-left corner, for cropped exports.")
+def add(bundle_dir: Path, key: str | None, pixel_size: float | None, origin: str | None) -> None:
+    """Register BUNDLE_DIR as a sample partition of the project's Dagster instance.
+
+    The bundle is validated first (a broken one is refused with the reason); adding the same bundle
+    again is a no-op.
+    """
+    from xenium_assets.bundle.errors import BundleError
+    from xenium_assets.bundle.validate import inspect_bundle
+    from xenium_assets.defs.partitions import SAMPLES
+    from xenium_assets.registry import SampleRegistry
+
+    paths = ProjectPaths.default()
+    registry = SampleRegistry(paths.samples_dir)
+    xy = _origin(origin)
+    if registry.find_bundle(bundle_dir) is None:
+        try:
+            inspect_bundle(bundle_dir, pixel_size_um=pixel_size, image_origin_um=xy or (0.0, 0.0))
+        except BundleError as exc:
+            _fail(f"refused: {exc}")
+    try:
+        entry, created = registry.register(bundle_dir, key, pixel_size_um=pixel_size, image_origin_um=xy)
+    except ValueError as exc:
+        _fail(str(exc))
+    instance = project_instance(paths)
+    if not instance.has_dynamic_partition(SAMPLES, entry.key):
+        instance.add_dynamic_partitions(SAMPLES, [entry.key])
+        created = True
+    if created:
+        click.echo(f"added sample {entry.key!r} -> {entry.bundle_dir}")
+    else:
+        click.echo(f"sample {entry.key!r} already registered for {entry.bundle_dir}: nothing to do")
+
+
+@main.command()
+def samples() -> None:
+    """List registered samples and their bundles."""
+    from xenium_assets.registry import SampleRegistry
+
+    entries = SampleRegistry(ProjectPaths.default().samples_dir).entries()
+    if not entries:
+        click.echo("no samples registered (xenium-assets add BUNDLE_DIR)")
+    for e in entries:
+        click.echo(f"{e.key}\t{e.bundle_dir}")
+
+
+@main.command()
+@click.option("--cells", "n_cells", default=1500, show_default=True, help="Cells per demo bundle.")
+@click.option("--size", default=2048, show_default=True, help="Image side in pixels.")
+def demo(n_cells: int, size: int) -> None:
+    """Generate synthetic demo bundles (once), register them, and materialize every asset."""
+    from xenium_assets.defs.demo import run_demo
+
+    paths = ProjectPaths.default()
+    instance = project_instance(paths)
+    for line in run_demo(paths, instance, n_cells=n_cells, size=size, echo=click.echo):
+        click.echo(line)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (slow; not part of the test suite)."""
+
+
+@bench.command("synth")
+@click.option("--cells", "n_cells", default=100_000, show_default=True)
+@click.option("--size", default=20_000, show_default=True, help="Image side in pixels.")
+@click.option("--version", default="3", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Keep the bundle here (default: temp).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object on the last line.")
+def bench_synth(n_cells: int, size: int, version: str, out: Path | None, as_json: bool) -> None:
+    """Time and peak memory of generating a large synthetic bundle."""
+    from xenium_assets.bench import bench_synth as run
+
+    figures = run(n_cells=n_cells, size=size, version=version, out=out)
+    for k, v in figures.items():
+        click.echo(f"{k:>24}: {v}")
+    if as_json:
+        click.echo(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Where the project keeps its state: one data folder, laid out the same way for every user.
+
+data/
+  dagster_home/        DAGSTER_HOME (the project's dagster.yaml, SQLite run and event storage)
+  samples/<key>/       one folder per registered sample
+    sample.json        which bundle the sample is, and per-sample overrides (registry)
+    raw_bundle/        manifest.json, cell_problems.parquet
+  demo/                synthetic bundles made by `xenium-assets demo`
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_ENV = "XENIUM_ASSETS_DATA"
+
+
+def default_data_dir() -> Path:
+    """$XENIUM_ASSETS_DATA, else ./data (the repository's data/ when run from its root)."""
+    return Path(os.environ.get(DATA_ENV, "data")).resolve()
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    data_dir: Path
+
+    @classmethod
+    def default(cls) -> ProjectPaths:
+        return cls(default_data_dir())
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster_home"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.data_dir / "samples"
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.data_dir / "demo"
+
+    def sample_dir(self, key: str) -> Path:
+        return self.samples_dir / key
+
+    def asset_dir(self, key: str, asset: str) -> Path:
+        """Output folder of a per-sample asset."""
+        return self.sample_dir(key) / asset

@@ -1,0 +1,109 @@
+"""Sample registry: which bundle folder each sample partition key stands for.
+
+Dagster's dynamic partitions hold only keys, so the mapping key -> bundle (and per-sample overrides
+such as a pixel size the bundle does not record) lives in ``data/samples/<key>/sample.json``.
+Keys are derived from the bundle's folder name (unique per run, unlike region names such as
+'Region_1'), sanitised for Dagster, and made unique deterministically: a clash with another bundle
+appends a short hash of the bundle's path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from xenium_assets.atomic import write_json
+
+SAMPLE_FILE = "sample.json"
+_INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def sanitize_key(text: str) -> str:
+    """A valid Dagster partition key (letters, digits, _ . -), never empty and never containing '...'."""
+    key = _INVALID.sub("_", text.strip()).strip("._-")
+    key = re.sub(r"\.{2,}", ".", key)
+    return key[:64] or "sample"
+
+
+@dataclass(frozen=True)
+class SampleEntry:
+    key: str
+    bundle_dir: str
+    pixel_size_um: float | None = None
+    image_origin_um: tuple[float, float] | None = None
+    added_at: str = ""
+
+
+class SampleRegistry:
+    """Registered samples, one JSON file per sample (no shared file to lock)."""
+
+    def __init__(self, samples_dir: Path) -> None:
+        self.samples_dir = Path(samples_dir)
+
+    def entries(self) -> list[SampleEntry]:
+        return [self._load(p) for p in sorted(self.samples_dir.glob(f"*/{SAMPLE_FILE}"))]
+
+    def get(self, key: str) -> SampleEntry:
+        path = self.samples_dir / key / SAMPLE_FILE
+        if not path.exists():
+            raise KeyError(f"sample {key!r} is not registered: run `xenium-assets add BUNDLE_DIR --sample {key}`")
+        return self._load(path)
+
+    def find_bundle(self, bundle_dir: str | Path) -> SampleEntry | None:
+        target = str(Path(bundle_dir).resolve())
+        return next((e for e in self.entries() if e.bundle_dir == target), None)
+
+    def derive_key(self, bundle_dir: Path, preferred: str) -> str:
+        """``preferred`` sanitised; if another bundle holds it, suffixed with a hash of this bundle's path."""
+        key = sanitize_key(preferred)
+        path = self.samples_dir / key / SAMPLE_FILE
+        if path.exists() and self._load(path).bundle_dir != str(bundle_dir):
+            key = f"{key}-{hashlib.sha1(str(bundle_dir).encode()).hexdigest()[:6]}"
+        return key
+
+    def register(
+        self,
+        bundle_dir: str | Path,
+        key: str | None = None,
+        *,
+        pixel_size_um: float | None = None,
+        image_origin_um: tuple[float, float] | None = None,
+    ) -> tuple[SampleEntry, bool]:
+        """Register a bundle; returns (entry, created). The same bundle again is a no-op."""
+        bundle_dir = Path(bundle_dir).resolve()
+        existing = self.find_bundle(bundle_dir)
+        if existing is not None:
+            if key is not None and key != existing.key:
+                raise ValueError(f"{bundle_dir} is already registered as sample {existing.key!r}")
+            return existing, False
+        if key is not None:
+            clean = sanitize_key(key)
+            if clean != key:
+                raise ValueError(f"sample key {key!r} is not a valid partition key; use {clean!r}")
+            path = self.samples_dir / key / SAMPLE_FILE
+            if path.exists():
+                raise ValueError(
+                    f"sample {key!r} is already registered for {self._load(path).bundle_dir}; choose another --sample"
+                )
+        else:
+            key = self.derive_key(bundle_dir, bundle_dir.name)
+        entry = SampleEntry(
+            key=key,
+            bundle_dir=str(bundle_dir),
+            pixel_size_um=pixel_size_um,
+            image_origin_um=tuple(image_origin_um) if image_origin_um else None,
+            added_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        write_json(self.samples_dir / key / SAMPLE_FILE, asdict(entry))
+        return entry, True
+
+    @staticmethod
+    def _load(path: Path) -> SampleEntry:
+        data = json.loads(path.read_text())
+        if data.get("image_origin_um") is not None:
+            data["image_origin_um"] = tuple(data["image_origin_um"])
+        return SampleEntry(**data)

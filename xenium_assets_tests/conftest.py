@@ -1,0 +1,73 @@
+"""Shared fixtures: small synthetic bundles built once per test run, and an isolated project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from xenium_assets.synth import SynthParams, generate_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("XENIUM_ASSETS_SHARED", REPO.parent / "shared"))
+REAL = SHARED / "real_xenium"
+JURKAT = REAL / "sfe_jurkat_raji_toy"
+BONE_MARROW_H5 = REAL / "xenium_hbonemarrow_cfm" / "cell_feature_matrix.h5"
+# The Jurkat/Raji crop was read at pyramid level 4 and cropped to x, y in [1000, 1400] µm (SOURCE.md).
+JURKAT_PIXEL_SIZE = 400 / 237
+JURKAT_ORIGIN = (1000.0, 1000.0)
+
+SMALL = dict(n_cells=600, width=1536, height=1536)
+VERSIONS = ("1", "1.7", "2", "3", "4")
+
+needs_shared = pytest.mark.skipif(
+    not REAL.is_dir(), reason=f"real Xenium fixtures not found at {REAL} (../shared is absent on this machine)"
+)
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``bundles(version="3", **params)`` -> path of a synthetic bundle, generated once per session."""
+    root = tmp_path_factory.mktemp("bundles")
+    made: dict[tuple, Path] = {}
+
+    def get(version: str = "3", **overrides) -> Path:
+        params = {**SMALL, "seed": 7, **overrides, "version": version}
+        key = tuple(sorted(params.items()))
+        if key not in made:
+            out = root / f"b{len(made)}_v{version.replace('.', '_')}"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                generate_bundle(out, SynthParams(**params))
+            made[key] = out
+        return made[key]
+
+    return get
+
+
+@pytest.fixture
+def bundle_copy(bundles: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
+    """A private, writable copy of a session bundle, for tests that break files."""
+
+    def copy(version: str = "3", **overrides) -> Path:
+        dst = tmp_path / f"copy_v{version.replace('.', '_')}"
+        shutil.copytree(bundles(version, **overrides), dst)
+        return dst
+
+    return copy
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An isolated project data folder and DAGSTER_HOME holding the repository's dagster.yaml."""
+    data = tmp_path / "data"
+    home = data / "dagster_home"
+    home.mkdir(parents=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("XENIUM_ASSETS_DATA", str(data))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    yield data

@@ -1,0 +1,108 @@
+"""The xenium-assets command, run as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from dagster import DagsterInstance
+
+from xenium_assets.cli import main
+from xenium_assets.defs.partitions import SAMPLES
+from xenium_assets_tests.conftest import REPO
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
+    for name, cmd in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*prefix, name))
+
+
+@pytest.mark.parametrize("command", [(), *_commands(main)], ids=lambda c: " ".join(c) or "main")
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and "--help" in result.output
+
+
+def test_synth_then_add_twice(project, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "bundles" / "mybundle"
+    result = runner.invoke(
+        main,
+        ["synth", str(out), "--cells", "150", "--width", "1024", "--height", "1024", "--version", "1.7", "--seed", "3"],
+    )
+    assert result.exit_code == 0, result.output
+    assert out.is_dir() and (out.parent / "mybundle.truth.parquet").exists()
+    result = runner.invoke(main, ["add", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "added sample 'mybundle'" in result.output
+    result = runner.invoke(main, ["add", str(out)])
+    assert result.exit_code == 0 and "nothing to do" in result.output
+    assert DagsterInstance.get().get_dynamic_partitions(SAMPLES) == ["mybundle"]
+    assert "mybundle" in runner.invoke(main, ["samples"]).output
+
+
+def test_add_refuses_a_broken_bundle(project, tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "experiment.xenium").write_text("{}")
+    result = CliRunner().invoke(main, ["add", str(tmp_path / "broken")])
+    assert result.exit_code == 2
+    assert "refused:" in result.output and "cells.parquet: missing (cell table)" in result.output
+    assert DagsterInstance.get().get_dynamic_partitions(SAMPLES) == []
+
+
+def test_synth_reports_bad_arguments(tmp_path):
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "x"), "--cells", "100000", "--width", "512"])
+    assert result.exit_code == 2 and "do not fit" in result.output
+
+
+def _run(args: list[str], data: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XENIUM_ASSETS_DATA": str(data), "DAGSTER_HOME": str(data / "dagster_home")}
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_dagster_asset_materialize_from_a_shell(project, bundles):
+    bin_dir = Path(sys.executable).parent
+    bundle = bundles("4")
+    result = _run([str(bin_dir / "xenium-assets"), "add", str(bundle), "--sample", "shell_s"], project)
+    assert result.returncode == 0, result.stderr
+    result = _run(
+        [
+            str(bin_dir / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "xenium_assets.definitions",
+            "--select",
+            "raw_bundle",
+            "--partition",
+            "shell_s",
+        ],
+        project,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (project / "samples" / "shell_s" / "raw_bundle" / "manifest.json").exists()
+
+
+def test_demo_end_to_end(project):
+    result = _run(
+        [str(Path(sys.executable).parent / "xenium-assets"), "demo", "--cells", "250", "--size", "1024"], project
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for key in ("demo_a", "demo_b"):
+        assert (project / "samples" / key / "raw_bundle" / "manifest.json").exists()
+        assert f"{key} raw_bundle:" in result.stdout
+    instance = DagsterInstance.get()
+    assert len(instance.get_runs()) == 2
+    assert sorted(instance.get_dynamic_partitions(SAMPLES)) == ["demo_a", "demo_b"]
+    again = _run(
+        [str(Path(sys.executable).parent / "xenium-assets"), "demo", "--cells", "250", "--size", "1024"], project
+    )
+    assert again.returncode == 0 and "generating" not in again.stdout  # bundles are made once

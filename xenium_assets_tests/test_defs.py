@@ -1,0 +1,116 @@
+"""The Dagster code location loads, and raw_bundle materializes against a real instance."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from dagster import AssetKey, DagsterInstance, Definitions, materialize
+
+from xenium_assets.bundle.manifest import read_manifest
+from xenium_assets.defs.partitions import SAMPLES
+from xenium_assets.defs.raw_bundle import raw_bundle
+from xenium_assets.defs.resources import ProjectResource
+from xenium_assets.registry import SampleRegistry
+from xenium_assets_tests.conftest import JURKAT, JURKAT_ORIGIN, JURKAT_PIXEL_SIZE, REPO, needs_shared
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def test_definitions_load():
+    from xenium_assets.definitions import defs
+
+    Definitions.validate_loadable(defs)
+    # The asset graph, deliberately: changing it should change this line.
+    graph = {
+        spec.key.to_user_string(): (spec.group_name, spec.partitions_def.name if spec.partitions_def else None)
+        for spec in defs.resolve_all_asset_specs()
+    }
+    assert graph == {"raw_bundle": ("bundle", SAMPLES)}
+
+
+def test_dagster_cli_validates_the_code_location():
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}  # as a user would run it, anywhere
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "xenium_assets" in result.stdout + result.stderr
+
+
+def _register(data, bundle, key, **kwargs):
+    SampleRegistry(data / "samples").register(bundle, key, **kwargs)
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions(SAMPLES, [key])
+    return instance
+
+
+def _materialize(instance, data, key, run_config=None, raise_on_error=True):
+    config = {**QUIET, **(run_config or {})}
+    return materialize(
+        [raw_bundle],
+        partition_key=key,
+        instance=instance,
+        run_config=config,
+        resources={"project": ProjectResource(data_dir=str(data))},
+        raise_on_error=raise_on_error,
+    )
+
+
+def test_raw_bundle_materializes(project, bundles):
+    instance = _register(project, bundles("2"), "s1")
+    result = _materialize(instance, project, "s1")
+    assert result.success
+    event = instance.get_latest_materialization_event(AssetKey("raw_bundle"))
+    meta = event.asset_materialization.metadata
+    manifest_path = project / "samples" / "s1" / "raw_bundle" / "manifest.json"
+    assert meta["path"].value == str(manifest_path)
+    assert meta["xoa_version"].value == "2.0.0"
+    assert meta["pixel_size_um"].value == 0.2125
+    assert meta["image_size"].value == "1536 x 1536 px"
+    assert meta["n_cells"].value == 600 and meta["n_valid_cells"].value == 600
+    assert meta["n_genes"].value == 24 + 8 and meta["n_controls"].value == 16
+    assert "no_nucleus" in meta["flagged_cells"].value
+    manifest = read_manifest(manifest_path)
+    assert manifest.sample == "s1" and manifest.dapi.file == "morphology_focus/morphology_focus_0000.ome.tif"
+    assert event.asset_materialization.tags["dagster/data_version"] == manifest.fingerprint
+    before = manifest_path.read_text()
+    assert _materialize(instance, project, "s1").success  # idempotent
+    assert manifest_path.read_text() == before
+    instance.dispose()
+
+
+@needs_shared
+def test_raw_bundle_config_overrides_pixel_size(project):
+    instance = _register(project, JURKAT, "jurkat", image_origin_um=JURKAT_ORIGIN)
+    result = _materialize(instance, project, "jurkat", raise_on_error=False)
+    assert not result.success  # the registry has no pixel size and the bundle records none
+    config = {"ops": {"raw_bundle": {"config": {"pixel_size_um": JURKAT_PIXEL_SIZE}}}}
+    assert _materialize(instance, project, "jurkat", run_config=config).success
+    assert read_manifest(project / "samples" / "jurkat" / "raw_bundle").pixel_size_source == "config"
+    instance.dispose()
+
+
+@pytest.mark.parametrize("broken", ["missing", "unregistered"])
+def test_raw_bundle_failure_says_why(project, bundle_copy, broken):
+    if broken == "missing":
+        bundle = bundle_copy()
+        instance = _register(project, bundle, "bad")
+        (bundle / "cell_boundaries.parquet").unlink()
+        expected = "cell_boundaries.parquet: missing (cell boundaries)"
+    else:
+        instance = DagsterInstance.get()
+        instance.add_dynamic_partitions(SAMPLES, ["bad"])
+        expected = "sample 'bad' is not registered"
+    result = _materialize(instance, project, "bad", raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert expected in failure.step_failure_data.error.message
+    instance.dispose()
