@@ -266,38 +266,26 @@ def inspect_bundle(
     feature_types = dict(Counter(matrix.feature_types.tolist()))
     progress("validate bundle", 3, steps)
 
-    cell_polys = check_polygons(
-        read_table(files.cell_boundaries, [Col.CELL_ID, Col.VERTEX_X, Col.VERTEX_Y], (Col.LABEL_ID,)),
-        files.cell_boundaries,
-    )
-    pos = shared_or_fail(cell_polys.owner, files.cell_boundaries, "cell polygons")
-    known = pos >= 0
-    if (~known).any():
-        problems.append(f"{int((~known).sum())} polygons in {files.cell_boundaries.name} belong to no cell")
-    has_cell = np.zeros(n, dtype=bool)
-    has_cell[pos[known]] = True
-    reasons["no_cell_boundary"] = ~has_cell
-    for reason, bad in cell_polys.bad.items():
-        mask = np.zeros(n, dtype=bool)
-        mask[pos[known & bad]] = True
-        reasons[f"cell_polygon_{reason}"] = mask
-    progress("validate bundle", 4, steps)
+    def polygons_per_cell(path: Path, kind: str) -> tuple[_Polygons, np.ndarray]:
+        """Check one boundary file; per-cell reasons '<kind>_polygon_*'; returns the polygons and their cell rows."""
+        polys = check_polygons(read_table(path, [Col.CELL_ID, Col.VERTEX_X, Col.VERTEX_Y], (Col.LABEL_ID,)), path)
+        pos = shared_or_fail(polys.owner, path, f"{kind} polygons")
+        if (pos < 0).any():
+            problems.append(f"{int((pos < 0).sum())} polygons in {path.name} belong to no cell")
+        for reason, bad in polys.bad.items():
+            mask = np.zeros(n, dtype=bool)
+            mask[pos[(pos >= 0) & bad]] = True
+            reasons[f"{kind}_polygon_{reason}"] = mask
+        return polys, pos
 
-    nuc_polys = check_polygons(
-        read_table(files.nucleus_boundaries, [Col.CELL_ID, Col.VERTEX_X, Col.VERTEX_Y], (Col.LABEL_ID,)),
-        files.nucleus_boundaries,
-    )
-    npos = shared_or_fail(nuc_polys.owner, files.nucleus_boundaries, "nucleus polygons")
-    nknown = npos >= 0
-    if (~nknown).any():
-        problems.append(f"{int((~nknown).sum())} polygons in {files.nucleus_boundaries.name} belong to no cell")
-    nuclei_per_cell = np.bincount(npos[nknown], minlength=n)
+    cell_polys, pos = polygons_per_cell(files.cell_boundaries, "cell")
+    known = pos >= 0
+    reasons["no_cell_boundary"] = np.bincount(pos[known], minlength=n) == 0
+    progress("validate bundle", 4, steps)
+    nuc_polys, npos = polygons_per_cell(files.nucleus_boundaries, "nucleus")
+    nuclei_per_cell = np.bincount(npos[npos >= 0], minlength=n)
     reasons["no_nucleus"] = nuclei_per_cell == 0
     reasons["multinucleate"] = nuclei_per_cell > 1
-    for reason, bad in nuc_polys.bad.items():
-        mask = np.zeros(n, dtype=bool)
-        mask[npos[nknown & bad]] = True
-        reasons[f"nucleus_polygon_{reason}"] = mask
     progress("validate bundle", 5, steps)
 
     height, width = dapi.shape

@@ -6,7 +6,7 @@ numbers, so adding a release is adding a profile.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from xenium_assets.formats import FeatureType
@@ -44,94 +44,51 @@ class XoaProfile:
         return int(self.key.split(".")[0])
 
 
-PROFILES: dict[str, XoaProfile] = {
-    "1": XoaProfile(
-        key="1",
-        analysis_sw_version="Xenium-1.0.1",
-        image_layout="v1",
-        zarr_layout="v1.0",
-        string_ids=False,
-        binary_parquet_ids=False,
-        label_id=False,
-        multinucleate=False,
-        transcript_fov=False,
-        transcript_codewords=False,
-        csv_transcripts=True,
-        control_types=(FeatureType.NEG_PROBE, FeatureType.NEG_CODEWORD, FeatureType.BLANK),
-    ),
-    "1.7": XoaProfile(
-        key="1.7",
-        analysis_sw_version="xenium-1.7.1.0",
-        image_layout="v1",
-        zarr_layout="v1.3",
-        string_ids=True,
-        binary_parquet_ids=True,
-        label_id=False,
-        multinucleate=False,
-        transcript_fov=True,
-        transcript_codewords=False,
-        csv_transcripts=True,
-        control_types=(FeatureType.NEG_PROBE, FeatureType.NEG_CODEWORD, FeatureType.UNASSIGNED),
-    ),
-    "2": XoaProfile(
-        key="2",
-        analysis_sw_version="xenium-2.0.0.10",
-        image_layout="v2",
-        zarr_layout="v2",
-        string_ids=True,
-        binary_parquet_ids=False,
-        label_id=True,
-        multinucleate=True,
-        transcript_fov=True,
-        transcript_codewords=False,
-        csv_transcripts=True,
-        control_types=(
-            FeatureType.NEG_PROBE,
-            FeatureType.NEG_CODEWORD,
-            FeatureType.UNASSIGNED,
-            FeatureType.DEPRECATED,
-        ),
-    ),
-    "3": XoaProfile(
-        key="3",
-        analysis_sw_version="xenium-3.0.0.15",
-        image_layout="v2",
-        zarr_layout="v2",
-        string_ids=True,
-        binary_parquet_ids=False,
-        label_id=True,
-        multinucleate=True,
-        transcript_fov=True,
-        transcript_codewords=True,
-        csv_transcripts=False,
-        control_types=(
-            FeatureType.NEG_PROBE,
-            FeatureType.NEG_CODEWORD,
-            FeatureType.UNASSIGNED,
-            FeatureType.DEPRECATED,
-            FeatureType.GENOMIC,
-        ),
-    ),
-    "4": XoaProfile(
-        key="4",
-        analysis_sw_version="xenium-4.0.1.0",
-        image_layout="v4",
-        zarr_layout="v2",
-        string_ids=True,
-        binary_parquet_ids=False,
-        label_id=True,
-        multinucleate=True,
-        transcript_fov=True,
-        transcript_codewords=True,
-        csv_transcripts=False,
-        control_types=(
-            FeatureType.NEG_PROBE,
-            FeatureType.NEG_CODEWORD,
-            FeatureType.UNASSIGNED,
-            FeatureType.DEPRECATED,
-            FeatureType.GENOMIC,
-        ),
-    ),
-}
+_XOA1 = XoaProfile(
+    key="1",
+    analysis_sw_version="Xenium-1.0.1",
+    image_layout="v1",
+    zarr_layout="v1.0",
+    string_ids=False,
+    binary_parquet_ids=False,
+    label_id=False,
+    multinucleate=False,
+    transcript_fov=False,
+    transcript_codewords=False,
+    csv_transcripts=True,
+    control_types=(FeatureType.NEG_PROBE, FeatureType.NEG_CODEWORD, FeatureType.BLANK),
+)
+# Each later release as the changes from the one before it.
+_XOA17 = replace(
+    _XOA1,
+    key="1.7",
+    analysis_sw_version="xenium-1.7.1.0",
+    zarr_layout="v1.3",
+    string_ids=True,
+    binary_parquet_ids=True,
+    transcript_fov=True,
+    control_types=(FeatureType.NEG_PROBE, FeatureType.NEG_CODEWORD, FeatureType.UNASSIGNED),
+)
+_XOA2 = replace(
+    _XOA17,
+    key="2",
+    analysis_sw_version="xenium-2.0.0.10",
+    image_layout="v2",
+    zarr_layout="v2",
+    binary_parquet_ids=False,
+    label_id=True,
+    multinucleate=True,
+    control_types=(*_XOA17.control_types, FeatureType.DEPRECATED),
+)
+_XOA3 = replace(
+    _XOA2,
+    key="3",
+    analysis_sw_version="xenium-3.0.0.15",
+    transcript_codewords=True,
+    csv_transcripts=False,
+    control_types=(*_XOA2.control_types, FeatureType.GENOMIC),
+)
+_XOA4 = replace(_XOA3, key="4", analysis_sw_version="xenium-4.0.1.0", image_layout="v4")
 
+PROFILES: dict[str, XoaProfile] = {p.key: p for p in (_XOA1, _XOA17, _XOA2, _XOA3, _XOA4)}
 VERSION_CHOICES = tuple(PROFILES)
