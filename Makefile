@@ -30,6 +30,7 @@ test: $(STAMP)
 # Slow benchmarks: never part of `make test`.
 bench: $(STAMP)
 	$(BIN)/xenium-assets bench synth
+	$(BIN)/xenium-assets bench labels
 
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml

@@ -20,7 +20,10 @@ PARTIAL = ".partial-"
 
 
 def _temp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}{PARTIAL}{uuid.uuid4().hex[:8]}")
+    """'.name.partial-1a2b3c4d.ext': hidden, recognisable, and keeping the extension writers check."""
+    suffix = "".join(path.suffixes)
+    stem = path.name[: len(path.name) - len(suffix)]
+    return path.with_name(f".{stem}{PARTIAL}{uuid.uuid4().hex[:8]}{suffix}")
 
 
 @contextmanager

@@ -205,5 +205,26 @@ def bench_synth(n_cells: int, size: int, version: str, out: Path | None, as_json
         click.echo(json.dumps(figures))
 
 
+@bench.command("labels")
+@click.option(
+    "--h5",
+    type=click.Path(exists=True, path_type=Path),
+    default=Path("../shared/real_xenium/xenium_hbonemarrow_cfm/cell_feature_matrix.h5"),
+    show_default=True,
+    help="A cell_feature_matrix.h5 (default: the real 84,518-cell bone-marrow matrix).",
+)
+@click.option("--resolution", default=0.5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object on the last line.")
+def bench_labels(h5: Path, resolution: float, as_json: bool) -> None:
+    """Time and peak memory of QC + leiden labels (+ the UMAP picture) on one matrix."""
+    from xenium_assets.bench import bench_labels as run
+
+    figures = run(h5=h5, resolution=resolution)
+    for k, v in figures.items():
+        click.echo(f"{k:>24}: {v}")
+    if as_json:
+        click.echo(json.dumps(figures))
+
+
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ class XeniumFile(StrEnum):
     TRANSCRIPTS_CSV = "transcripts.csv.gz"
     MATRIX_H5 = "cell_feature_matrix.h5"
     MATRIX_MTX_DIR = "cell_feature_matrix"
+    MATRIX_ZARR = "cell_feature_matrix.zarr.zip"
     CELLS_ZARR = "cells.zarr.zip"
     ANALYSIS_DIR = "analysis"
     GRAPHCLUST = "analysis/clustering/gene_expression_graphclust/clusters.csv"

@@ -39,6 +39,10 @@ class ProjectPaths:
         return self.data_dir / "samples"
 
     @property
+    def labels_dir(self) -> Path:
+        return self.data_dir / "labels"
+
+    @property
     def demo_dir(self) -> Path:
         return self.data_dir / "demo"
 

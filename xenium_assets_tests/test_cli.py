@@ -98,9 +98,11 @@ def test_demo_end_to_end(project):
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ("demo_a", "demo_b"):
         assert (project / "samples" / key / "raw_bundle" / "manifest.json").exists()
-        assert f"{key} raw_bundle:" in result.stdout
+        assert f"{key} raw_bundle:" in result.stdout and f"{key} qc_adata:" in result.stdout
+    assert "all samples cell_labels:" in result.stdout
+    assert (project / "labels" / "labels.parquet").exists()
     instance = DagsterInstance.get()
-    assert len(instance.get_runs()) == 2
+    assert len(instance.get_runs()) == 3  # one per sample, then the cross-sample labels
     assert sorted(instance.get_dynamic_partitions(SAMPLES)) == ["demo_a", "demo_b"]
     again = _run(
         [str(Path(sys.executable).parent / "xenium-assets"), "demo", "--cells", "250", "--size", "1024"], project

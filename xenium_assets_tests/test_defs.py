@@ -10,7 +10,9 @@ import pytest
 from dagster import AssetKey, DagsterInstance, Definitions, materialize
 
 from xenium_assets.bundle.manifest import read_manifest
+from xenium_assets.defs.cell_labels import cell_labels
 from xenium_assets.defs.partitions import SAMPLES
+from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.registry import SampleRegistry
@@ -28,7 +30,11 @@ def test_definitions_load():
         spec.key.to_user_string(): (spec.group_name, spec.partitions_def.name if spec.partitions_def else None)
         for spec in defs.resolve_all_asset_specs()
     }
-    assert graph == {"raw_bundle": ("bundle", SAMPLES)}
+    assert graph == {
+        "raw_bundle": ("bundle", SAMPLES),
+        "qc_adata": ("expression", SAMPLES),
+        "cell_labels": ("labels", None),
+    }
 
 
 def test_dagster_cli_validates_the_code_location():
@@ -52,10 +58,10 @@ def _register(data, bundle, key, **kwargs):
     return instance
 
 
-def _materialize(instance, data, key, run_config=None, raise_on_error=True):
+def _materialize(instance, data, key, run_config=None, raise_on_error=True, assets=(raw_bundle,)):
     config = {**QUIET, **(run_config or {})}
     return materialize(
-        [raw_bundle],
+        list(assets),
         partition_key=key,
         instance=instance,
         run_config=config,
@@ -113,4 +119,54 @@ def test_raw_bundle_failure_says_why(project, bundle_copy, broken):
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert expected in failure.step_failure_data.error.message
+    instance.dispose()
+
+
+def _meta(instance, key):
+    return instance.get_latest_materialization_event(AssetKey(key)).asset_materialization.metadata
+
+
+def test_qc_and_labels_materialize_for_two_samples(project, bundles):
+    import pyarrow.parquet as pq
+
+    instance = _register(project, bundles("3"), "s1")
+    _register(project, bundles("4", seed=8), "s2")
+    for key in ("s1", "s2"):
+        assert _materialize(instance, project, key, assets=(raw_bundle, qc_adata)).success
+    qc = _meta(instance, "qc_adata")
+    assert qc["n_cells_in"].value == 600 and 500 < qc["n_cells_out"].value < 600
+    assert "min_transcripts" in qc["removed_by_reason"].value and "Genomic Control" in qc["control_features"].value
+    assert qc["qc_plot"].value.startswith("![QC histograms](data:image/png;base64,")
+    assert (project / "samples" / "s2" / "qc_adata" / "adata.h5ad").exists()
+
+    assert _materialize(instance, project, None, assets=(cell_labels,)).success
+    meta = _meta(instance, "cell_labels")
+    path = project / "labels" / "labels.parquet"
+    assert meta["path"].value == str(path)
+    table = pq.read_table(path).to_pandas()
+    assert list(table.columns) == ["sample", "cell_id", "label", "confidence", "excluded_reason", "label_version"]
+    assert set(table["sample"]) == {"s1", "s2"} and (table["label_version"] == meta["label_version"].value).all()
+    assert meta["n_classes"].value == 4 and meta["samples"].value == "s1, s2"
+    assert "| label | s1 | s2 |" in meta["class_counts"].value
+    assert meta["umap"].value.startswith("![UMAP by label](data:image/png;base64,")
+    assert meta["spatial_maps"].value.count("data:image/png;base64,") == 2
+    version = meta["label_version"].value
+    config = {"ops": {"cell_labels": {"config": {"resolution": 0.8}}}}
+    assert _materialize(instance, project, None, assets=(cell_labels,), run_config=config).success
+    assert _meta(instance, "cell_labels")["label_version"].value != version  # parameters are part of the version
+    instance.dispose()
+
+
+def test_qc_and_label_failures_say_why(project, bundles):
+    instance = _register(project, bundles("3"), "s1")
+    assert _materialize(instance, project, "s1").success
+    config = {"ops": {"qc_adata": {"config": {"min_transcripts": 1000000}}}}
+    result = _materialize(instance, project, "s1", run_config=config, raise_on_error=False, assets=(qc_adata,))
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "no cell passes QC (600 cells in; failing min_transcripts: 600" in failure.step_failure_data.error.message
+    assert _materialize(instance, project, "s1", assets=(qc_adata,)).success
+    config = {"ops": {"cell_labels": {"config": {"method": "markers"}}}}
+    result = _materialize(instance, project, None, run_config=config, raise_on_error=False, assets=(cell_labels,))
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "method 'markers' needs markers_file" in failure.step_failure_data.error.message
     instance.dispose()

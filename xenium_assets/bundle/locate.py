@@ -31,7 +31,7 @@ class BundleFiles:
     nucleus_boundaries: Path
     transcripts: Path | None
     matrix: Path
-    matrix_format: Literal["h5", "mtx"]
+    matrix_format: Literal["h5", "mtx", "zarr"]
     cells_zarr: Path | None
     graphclust: Path | None
     focus: Path
@@ -123,10 +123,12 @@ def locate_files(root: str | Path) -> BundleFiles:
         matrix, matrix_format = root / XeniumFile.MATRIX_H5, "h5"
     elif mtx.is_dir() and all((mtx / f).exists() for f in MTX_FILES):
         matrix, matrix_format = mtx, "mtx"
+    elif (root / XeniumFile.MATRIX_ZARR).exists():
+        matrix, matrix_format = root / XeniumFile.MATRIX_ZARR, "zarr"
     else:
         raise BundleError(
             root / XeniumFile.MATRIX_H5,
-            "missing (cell-feature matrix; no MTX folder either)",
+            "missing (cell-feature matrix; no MTX folder or Zarr either)",
             "copy cell_feature_matrix.h5 or the cell_feature_matrix/ folder",
         )
     focus, layout = _focus(root)

@@ -62,7 +62,7 @@ class MatrixIndex:
 
 
 def read_matrix_index(path: Path, fmt: str) -> MatrixIndex:
-    """Barcodes and features of ``cell_feature_matrix.h5`` or of the MTX folder."""
+    """Barcodes and features of ``cell_feature_matrix.h5``, the MTX folder or the Explorer Zarr."""
     try:
         if fmt == "h5":
             with h5py.File(path, "r") as f:
@@ -82,13 +82,28 @@ def read_matrix_index(path: Path, fmt: str) -> MatrixIndex:
                 np.char.decode(names.astype("S")).astype(object),
                 np.char.decode(types.astype("S")).astype(object),
             )
+        if fmt == "zarr":
+            import zarr
+            from zarr.storage import ZipStore
+
+            from xenium_assets.bundle.ids import ids_from_prefix
+
+            group = zarr.open(ZipStore(path, read_only=True), mode="r")["cell_features"]
+            cell_id = group["cell_id"][:]
+            ids = ids_from_prefix(cell_id[:, 0], cell_id[:, 1]) if cell_id.ndim == 2 else cell_id.astype(str)
+            attrs = group.attrs.asdict()
+            return MatrixIndex(
+                ids.astype(object),
+                np.asarray(attrs["feature_keys"], dtype=object),
+                np.asarray(attrs["feature_types"], dtype=object),
+            )
         barcodes = np.loadtxt(path / "barcodes.tsv.gz", dtype=str, ndmin=1, delimiter="\t")
         feats = np.loadtxt(path / "features.tsv.gz", dtype=str, ndmin=2, delimiter="\t")
         return MatrixIndex(barcodes.astype(object), feats[:, 1].astype(object), feats[:, 2].astype(object))
     except BundleError:
         raise
     except Exception as exc:
-        what = "HDF5" if fmt == "h5" else "MTX folder"
+        what = {"h5": "HDF5", "mtx": "MTX folder", "zarr": "Zarr matrix"}[fmt]
         raise BundleError(
             path, f"corrupt {what} ({type(exc).__name__}: {exc})", "re-copy the cell-feature matrix"
         ) from exc

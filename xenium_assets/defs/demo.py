@@ -44,14 +44,27 @@ def run_demo(
     resources = {"project": ProjectResource(data_dir=str(paths.data_dir))}
     assets = list(defs.assets or [])
     per_sample = [a for a in assets if getattr(a, "partitions_def", None) == sample_partitions]
+    unpartitioned = [a for a in assets if getattr(a, "partitions_def", None) is None]
     summary = []
-    for key in keys:
-        echo(f"materializing {len(per_sample)} asset(s) for sample {key}")
-        result = materialize(per_sample, partition_key=key, instance=instance, resources=resources, run_config=QUIET)
+
+    def run(selection: list, partition_key: str | None, label: str) -> None:
+        echo(f"materializing {', '.join(a.key.to_user_string() for a in selection)} for {label}")
+        result = materialize(
+            assets,
+            selection=selection,
+            partition_key=partition_key,
+            instance=instance,
+            resources=resources,
+            run_config=QUIET,
+        )
         for event in result.get_asset_materialization_events():
             mat = event.materialization
-            meta = mat.metadata
-            path = meta["path"].value if "path" in meta else ""
-            summary.append(f"{key} {mat.asset_key.to_user_string()}: {path}")
+            path = mat.metadata["path"].value if "path" in mat.metadata else ""
+            summary.append(f"{label} {mat.asset_key.to_user_string()}: {path}")
+
+    for key in keys:
+        run(per_sample, key, key)
+    if unpartitioned:
+        run(unpartitioned, None, "all samples")
     summary.append(f"Dagster runs are in {instance.root_directory}; browse them with `make dev`.")
     return summary

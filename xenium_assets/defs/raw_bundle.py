@@ -69,7 +69,7 @@ def raw_bundle(context: AssetExecutionContext, config: RawBundleConfig, project:
             "n_nuclei": manifest.n_nucleus_polygons,
             "n_genes": report.n_genes,
             "n_controls": report.n_controls,
-            "feature_types": counts_table(manifest.feature_types, "feature type"),
+            "feature_types": counts_table(manifest.feature_types, "feature type", "features"),
             "invalid_cells": counts_table(manifest.invalid_cells),
             "flagged_cells": counts_table(manifest.flagged_cells),
             "problems": bullet_list(manifest.problems),

@@ -415,6 +415,7 @@ def generate_bundle(
         )
         tables.write_matrix_h5(root, ids, features, counts)
         tables.write_matrix_mtx(root, ids, features, counts)
+        tables.write_matrix_zarr(root, ids, features, counts, profile.string_ids)
         tables.write_analysis(root, ids, counts[:, : len(panel.genes)], params.n_classes, params.seed)
         progress("tables", 1, 1)
         writer = tables.TranscriptWriter(root, features, profile, params.csv)

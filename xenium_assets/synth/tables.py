@@ -204,6 +204,36 @@ def write_matrix_mtx(root: Path, ids: np.ndarray, features: Features, counts: np
         scipy.io.mmwrite(f, sp.coo_matrix(counts.T), field="integer")
 
 
+def write_matrix_zarr(root: Path, ids: np.ndarray, features: Features, counts: np.ndarray, string_ids: bool) -> None:
+    """Xenium Explorer's cell_feature_matrix.zarr.zip: features x cells CSR, ids as uint32 (prefix, suffix)."""
+    import numcodecs
+    import zarr
+    from zarr.storage import ZipStore
+
+    from xenium_assets.bundle.ids import prefix_from_ids
+
+    by_feature = sp.csr_matrix(counts.T)
+    attrs = {
+        "major_version": 3,
+        "minor_version": 0,
+        "number_cells": len(ids),
+        "number_features": len(features),
+        "feature_keys": features.names.tolist(),
+        "feature_ids": features.ids.tolist(),
+        "feature_types": features.types.tolist(),
+    }
+    store = ZipStore(root / XeniumFile.MATRIX_ZARR, mode="w")
+    try:
+        group = zarr.open_group(store, mode="w", zarr_format=2).create_group("cell_features", attributes=attrs)
+        cell_id = np.column_stack(prefix_from_ids(ids)) if string_ids else ids
+        codec = numcodecs.Zstd(level=3)
+        group.create_array("cell_id", data=cell_id.astype(np.uint32), compressors=codec)
+        for name in ("data", "indices", "indptr"):
+            group.create_array(name, data=getattr(by_feature, name).astype(np.uint32), compressors=codec)
+    finally:
+        store.close()
+
+
 def experiment_json(
     profile: XoaProfile,
     *,

@@ -1,0 +1,102 @@
+"""``qc_adata``: one sample's counts with controls removed, QC-filtered, normalised (AnnData)."""
+
+import hashlib
+import json
+from dataclasses import asdict
+
+import anndata as ad
+from dagster import AssetExecutionContext, Config, DataVersion, Failure, MaterializeResult, MetadataValue, asset
+
+from xenium_assets.atomic import atomic_file, write_json
+from xenium_assets.bundle.errors import BundleError
+from xenium_assets.bundle.manifest import read_manifest
+from xenium_assets.defs.metadata import counts_table, image
+from xenium_assets.defs.partitions import sample_partitions
+from xenium_assets.defs.raw_bundle import raw_bundle
+from xenium_assets.defs.resources import ProjectResource
+from xenium_assets.expression.matrix import read_expression
+from xenium_assets.expression.qc import QcError, QcParams, qc_figure, run_qc
+
+ADATA = "adata.h5ad"
+SUMMARY = "qc.json"
+
+
+class QcConfig(Config):
+    """QC thresholds (cells failing any are removed and counted by reason) and the matrix source."""
+
+    min_transcripts: int = 10
+    min_genes: int = 3
+    max_control_fraction: float = 0.05
+    min_nucleus_area: float = 0.0
+    """µm²; above 0, cells without a nucleus are removed too."""
+    min_cells_per_gene: int = 5
+    min_qv: float | None = None
+    """Rebuild counts from transcripts.parquet at this quality threshold instead of the instrument's Q20."""
+
+
+def read_qc_summary(folder) -> dict:
+    return json.loads((folder / SUMMARY).read_text())
+
+
+@asset(
+    partitions_def=sample_partitions,
+    deps=[raw_bundle],
+    group_name="expression",
+    kinds={"anndata"},
+    description="Counts of one sample as AnnData: controls removed (and counted), cells filtered by scanpy QC "
+    "metrics, raw counts in layers['counts'], normalised and log1p in X, HVGs for large panels, PCA.",
+)
+def qc_adata(context: AssetExecutionContext, config: QcConfig, project: ProjectResource) -> MaterializeResult:
+    sample = context.partition_key
+    raw_dir = project.paths.asset_dir(sample, "raw_bundle")
+    if not (raw_dir / "manifest.json").exists():
+        raise Failure(
+            f"sample {sample!r} has no raw_bundle manifest: materialize raw_bundle for it first", allow_retries=False
+        )
+    manifest = read_manifest(raw_dir)
+    params = QcParams(
+        min_transcripts=config.min_transcripts,
+        min_genes=config.min_genes,
+        max_control_fraction=config.max_control_fraction,
+        min_nucleus_area=config.min_nucleus_area,
+        min_cells_per_gene=config.min_cells_per_gene,
+    )
+    try:
+        context.log.info(f"reading the matrix of {sample} ({manifest.matrix_format})")
+        adata = read_expression(manifest, min_qv=config.min_qv)
+        context.log.info(f"QC of {adata.n_obs:,} cells x {adata.n_vars:,} features")
+        result = run_qc(adata, params)
+    except (BundleError, QcError) as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    out = project.paths.asset_dir(sample, "qc_adata")
+    fingerprint = hashlib.sha1(
+        json.dumps({"raw": manifest.fingerprint, "qc": asdict(params), "min_qv": config.min_qv}).encode()
+    ).hexdigest()
+    result.adata.uns["qc"] = {"sample": sample, "fingerprint": fingerprint, "matrix_source": adata.uns["matrix_source"]}
+    with atomic_file(out / ADATA) as tmp:
+        result.adata.write_h5ad(tmp, compression="gzip")
+    write_json(out / SUMMARY, {"sample": sample, "fingerprint": fingerprint, **result.summary()})
+    n_out = result.n_cells_out
+    return MaterializeResult(
+        metadata={
+            "path": MetadataValue.path(str(out / ADATA)),
+            "n_cells_in": result.n_cells_in,
+            "n_cells_out": n_out,
+            "n_cells_removed": result.n_cells_in - n_out,
+            "n_genes": int(result.adata.n_vars),
+            "n_genes_removed": result.genes_removed,
+            "n_control_features_removed": sum(result.controls_by_type.values()),
+            "control_features": counts_table(result.controls_by_type, "feature type", "features"),
+            "removed_by_reason": counts_table(result.removed_by_reason, "failed threshold"),
+            "highly_variable_genes": int(result.adata.var["highly_variable"].sum())
+            if "highly_variable" in result.adata.var
+            else "not selected (small panel): all genes used",
+            "matrix_source": adata.uns["matrix_source"],
+            "qc_plot": image(qc_figure(result), "QC histograms"),
+        },
+        data_version=DataVersion(fingerprint),
+    )
+
+
+def load_qc_adata(project: ProjectResource, sample: str) -> ad.AnnData:
+    return ad.read_h5ad(project.paths.asset_dir(sample, "qc_adata") / ADATA)

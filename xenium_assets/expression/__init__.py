@@ -1,0 +1,1 @@
+"""Expression: the cell-feature matrix as AnnData, QC, normalisation."""
