@@ -14,8 +14,8 @@ import zarr
 from zarr.storage import ZipStore
 
 from xenium_assets.bundle.ids import prefix_from_ids
+from xenium_assets.raster import Window
 from xenium_assets.synth.profiles import XoaProfile
-from xenium_assets.synth.raster import Window
 
 SUMMARY_COLUMNS = [
     "cell_centroid_x",

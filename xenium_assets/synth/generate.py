@@ -32,11 +32,11 @@ from xenium_assets.formats import (
     v4_channel_file,
 )
 from xenium_assets.progress import Progress, no_progress
+from xenium_assets.raster import PolygonRaster, Window, tile_windows
 from xenium_assets.synth import biology, render, tables
 from xenium_assets.synth.cells_zarr import CellsZarrWriter
 from xenium_assets.synth.ome_tiff import CODECS, ChannelFile, channel_files, ome_xml, write_pyramid
 from xenium_assets.synth.profiles import PROFILES, XoaProfile
-from xenium_assets.synth.raster import PolygonRaster, Window, tile_windows
 from xenium_assets.synth.shapes import Outlines, build_outlines, polygons_from_rings
 
 T = TypeVar("T")

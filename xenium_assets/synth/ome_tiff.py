@@ -17,7 +17,7 @@ import numpy as np
 import tifffile
 from ome_types import model as ome
 
-from xenium_assets.synth.raster import Window
+from xenium_assets.raster import Window
 
 CODECS = ("jpeg2000", "zlib", "zstd", "lzw", "none")
 MIN_LEVEL_SIDE = 256

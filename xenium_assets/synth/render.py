@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from xenium_assets.synth.raster import PolygonRaster, Window
+from xenium_assets.raster import PolygonRaster, Window
 
 NOISE_BLOCK = 256
 HALO = 16  # > 4 sigma of the widest filter below, so cropped tiles are exact

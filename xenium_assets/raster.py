@@ -1,7 +1,7 @@
-"""Label rasters of nuclei and cells for any window of the slide, one vectorised call per window.
+"""Pixel windows and label rasters of polygons for any window, one vectorised call per window.
 
-The generator never holds a whole-slide raster: each 1024² tile (plus a halo) is rasterised from
-the polygons that an STR-tree says touch it.
+Neither the generator nor the patch extraction holds a whole-slide raster: each window (a tile
+plus a halo) is rasterised from the polygons that an STR-tree says touch it.
 """
 
 from __future__ import annotations
@@ -28,14 +28,32 @@ class Window:
     def pad(self, halo: int) -> Window:
         return Window(self.y0 - halo, self.x0 - halo, self.h + 2 * halo, self.w + 2 * halo)
 
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y0 + self.h), slice(self.x0, self.x0 + self.w)
 
-def tile_windows(height: int, width: int, tile: int) -> list[Window]:
-    """Row-major tiles covering the image (edge tiles are clipped to it)."""
+    def inside(self, height: int, width: int) -> bool:
+        return self.y0 >= 0 and self.x0 >= 0 and self.y0 + self.h <= height and self.x0 + self.w <= width
+
+
+def tile_windows(height: int, width: int, tile: int, y0: int = 0, x0: int = 0) -> list[Window]:
+    """Row-major tiles of side ``tile`` covering the region (edge tiles are clipped to it)."""
     return [
-        Window(y0, x0, min(tile, height - y0), min(tile, width - x0))
-        for y0 in range(0, height, tile)
-        for x0 in range(0, width, tile)
+        Window(y, x, min(tile, y0 + height - y), min(tile, x0 + width - x))
+        for y in range(y0, y0 + height, tile)
+        for x in range(x0, x0 + width, tile)
     ]
+
+
+def read_window(array, win: Window, fill: int = 0) -> np.ndarray:
+    """``array[win]`` for a 2D array-like (numpy, zarr), padded with ``fill`` where the window leaves it."""
+    height, width = array.shape[-2:]
+    out = np.full((win.h, win.w), fill, dtype=array.dtype)
+    y0, x0 = max(win.y0, 0), max(win.x0, 0)
+    y1, x1 = min(win.y0 + win.h, height), min(win.x0 + win.w, width)
+    if y1 > y0 and x1 > x0:
+        out[y0 - win.y0 : y1 - win.y0, x0 - win.x0 : x1 - win.x0] = array[y0:y1, x0:x1]
+    return out
 
 
 class PolygonRaster:
