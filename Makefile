@@ -29,6 +29,7 @@ test: $(STAMP)
 
 # Slow benchmarks: never part of `make test`.
 bench: $(STAMP)
+	$(BIN)/xenium-assets bench patches
 	$(BIN)/xenium-assets bench synth
 	$(BIN)/xenium-assets bench labels
 

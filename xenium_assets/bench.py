@@ -86,3 +86,190 @@ def bench_labels(*, h5: Path, resolution: float = 0.5) -> dict:
         "total_seconds": round(time.perf_counter() - t0, 1),
         "peak_rss_mb": round(_peak_rss_mb()),
     }
+
+
+class _PeakRss:
+    """Polls the resident memory of this process's children (dask workers) and keeps each one's peak."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import threading
+
+        self.interval = interval
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            for child in me.children(recursive=True):
+                try:
+                    rss = child.memory_info().rss
+                except psutil.Error:
+                    continue
+                self.peaks[child.pid] = max(self.peaks.get(child.pid, 0), rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> _PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def max_mb(self) -> float:
+        return max(self.peaks.values(), default=0) / 2**20
+
+
+def _bench_bundle(cache: Path, name: str, n_cells: int, size: int, seed: int) -> Path:
+    """A large synthetic bundle, generated once and kept in ``cache``."""
+    from xenium_assets.synth import SynthParams, generate_bundle
+
+    bundle = cache / name
+    if not (bundle / "experiment.xenium").exists():
+        params = SynthParams(n_cells=n_cells, width=size, height=size, version="3", seed=seed)
+        generate_bundle(bundle, params, overwrite=True, progress=TqdmProgress())
+    return bundle
+
+
+def _extract(bundle: Path, work: Path, workers: int) -> dict:
+    """This project's extraction of all cells to shards: transcode, split geometry, all tiles on dask."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from xenium_assets.bundle.manifest import write_manifest
+    from xenium_assets.bundle.validate import inspect_bundle
+    from xenium_assets.defs.compute import DaskResource
+    from xenium_assets.parallel import dask_runner
+    from xenium_assets.patches.dapi_store import transcode_dapi
+    from xenium_assets.patches.extract import extract_tile, tile_tasks
+    from xenium_assets.patches.geometry import split_by_tile
+    from xenium_assets.patches.grid import TILE_KEYS, PatchSpec
+    from xenium_assets.synth import truth_paths
+
+    spec = PatchSpec()
+    manifest = write_manifest(inspect_bundle(bundle), "bench", work / "raw")
+    truth = pq.read_table(truth_paths(bundle)[0]).to_pandas()
+    labels = pd.DataFrame(
+        {
+            "cell_id": truth["cell_id"],
+            "label": truth["label"],
+            "confidence": 1.0,
+            "excluded_reason": "",
+            "label_version": "truth",
+        }
+    )
+    problems = pq.read_table(manifest.cell_problems).to_pandas()
+    problems = problems[problems["kind"] == "invalid"]
+    with DaskResource(n_workers=workers).client() as client, _PeakRss() as memory:
+        run = dask_runner(client, TqdmProgress())
+        t0 = time.perf_counter()
+        store = transcode_dapi(manifest, work / "dapi", spec.pixel_size_um, run)
+        t1 = time.perf_counter()
+        split_by_tile(manifest, store, spec, work / "geometry")
+        t2 = time.perf_counter()
+        tasks = tile_tasks("bench", store, work / "geometry", problems, labels, list(TILE_KEYS), work / "shards", spec)
+        results = list(run(extract_tile, [{"task": t} for t in tasks], "patch shards"))
+        t3 = time.perf_counter()
+    return {
+        "transcode_seconds": t1 - t0,
+        "geometry_seconds": t2 - t1,
+        "tiles_seconds": t3 - t2,
+        "total_seconds": t3 - t0,
+        "peak_worker_rss_mb": memory.max_mb,
+        "patches": sum(r["n_patches"] for r in results),
+        "shard_bytes": sum(r["bytes"] for r in results),
+        "manifest": manifest,
+    }
+
+
+def bench_patches(
+    *, n_cells: int, size: int, small_cells: int, small_size: int, workers: int, sample_cells: int, cache: Path
+) -> dict:
+    """Floor, this project's extraction, halo-direct reads, baselines, memory at two sizes, 1 vs N workers."""
+    import shutil
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+    import tifffile
+
+    from xenium_assets.bundle.image import open_plane
+    from xenium_assets.patches import baselines, grid
+    from xenium_assets.raster import read_window
+
+    cache.mkdir(parents=True, exist_ok=True)
+    big = _bench_bundle(cache, f"bench_{size}px_{n_cells}cells", n_cells, size, seed=21)
+    small = _bench_bundle(cache, f"bench_{small_size}px_{small_cells}cells", small_cells, small_size, seed=22)
+    work = Path(tempfile.mkdtemp(prefix="xa-bench-patches-", dir=cache))
+    try:
+        ours = _extract(big, work / "big", workers)
+        manifest = ours.pop("manifest")
+        dapi = manifest.dapi_path
+        # The floor: decode the level-0 DAPI once, same worker count.
+        t = time.perf_counter()
+        with tifffile.TiffFile(dapi, is_ome=False) as tif:
+            image = tif.pages[manifest.dapi.ifd].asarray(maxworkers=workers)
+        floor = time.perf_counter() - t
+        # The alternative to transcoding: read each tile plus its halo straight from the JPEG-2000 TIFF.
+        halo = grid.PatchSpec().halo_px
+        windows = [grid.tile_window(k, size, size).pad(halo) for k in grid.TILE_KEYS]
+
+        def read_direct(win):
+            with open_plane(dapi, manifest.dapi.ifd) as plane:
+                return read_window(plane, win).sum()
+
+        t = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(read_direct, windows))
+        halo_direct = time.perf_counter() - t
+        one = _extract(big, work / "one", 1)
+        small_run = _extract(small, work / "small", workers)
+        # Baselines on a sample of cells, projected to all cells.
+        cells = pq.read_table(work / "big" / "geometry" / "cells.parquet").to_pandas()
+        cells = cells[cells["n_nuclei"] > 0].sample(sample_cells, random_state=0)
+        nuclei = pd.read_parquet(big / "nucleus_boundaries.parquet", columns=["cell_id", "vertex_x", "vertex_y"])
+        bounds = pd.read_parquet(big / "cell_boundaries.parquet", columns=["cell_id", "vertex_x", "vertex_y"])
+        patch_px = grid.PatchSpec().size_px
+        seed_per_cell = baselines.seed_patches(image, nuclei, bounds, cells, patch_px, manifest.pixel_size_um)
+        del image
+        import dask.array as da
+
+        with tifffile.TiffFile(dapi, is_ome=False) as tif, tif.series[0].aszarr(level=0) as store:
+            lazy = da.from_zarr(store, chunks=(1024, 1024))
+            tiles_per_cell = baselines.imagetiles_patches(lazy, cells.head(min(50, sample_cells)), patch_px)
+        n = ours["patches"]
+        seed_projected = floor + seed_per_cell * n
+        tiles_projected = tiles_per_cell * n
+        return {
+            "cells": n_cells,
+            "image_px": f"{size}x{size}",
+            "workers": workers,
+            "patches": n,
+            "shard_gb": round(ours["shard_bytes"] / 1e9, 2),
+            "floor_seconds": round(floor, 1),
+            "transcode_seconds": round(ours["transcode_seconds"], 1),
+            "geometry_seconds": round(ours["geometry_seconds"], 1),
+            "tiles_seconds": round(ours["tiles_seconds"], 1),
+            "extraction_seconds": round(ours["total_seconds"], 1),
+            "extraction_vs_floor": round(ours["total_seconds"] / floor, 2),
+            "halo_direct_read_seconds": round(halo_direct, 1),
+            "halo_direct_vs_transcode": round(halo_direct / ours["transcode_seconds"], 2),
+            "seed_ms_per_cell": round(seed_per_cell * 1e3, 2),
+            "seed_projected_seconds": round(seed_projected, 1),
+            "seed_vs_extraction": round(seed_projected / ours["total_seconds"], 1),
+            "imagetiles_ms_per_cell": round(tiles_per_cell * 1e3, 2),
+            "imagetiles_projected_seconds": round(tiles_projected, 1),
+            "imagetiles_vs_extraction": round(tiles_projected / ours["total_seconds"], 1),
+            "one_worker_seconds": round(one["total_seconds"], 1),
+            "speedup_vs_one_worker": round(one["total_seconds"] / ours["total_seconds"], 2),
+            "peak_worker_rss_mb": round(ours["peak_worker_rss_mb"]),
+            f"peak_worker_rss_mb_{small_size}px": round(small_run["peak_worker_rss_mb"]),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -205,6 +205,51 @@ def bench_synth(n_cells: int, size: int, version: str, out: Path | None, as_json
         click.echo(json.dumps(figures))
 
 
+@bench.command("patches")
+@click.option("--cells", "n_cells", default=100_000, show_default=True, help="Cells of the large slide.")
+@click.option("--size", default=20_000, show_default=True, help="Side of the large slide in pixels.")
+@click.option("--small-cells", default=25_000, show_default=True, help="Cells of the small slide (memory check).")
+@click.option("--small-size", default=10_000, show_default=True, help="Side of the small slide in pixels.")
+@click.option(
+    "--workers", default=2, show_default=True, help="dask worker processes (and decode threads of the floor)."
+)
+@click.option("--sample-cells", default=200, show_default=True, help="Cells timed for the baselines.")
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=Path("data/bench"),
+    show_default=True,
+    help="Where the generated bundles are kept between runs.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object on the last line.")
+def bench_patches(
+    n_cells: int,
+    size: int,
+    small_cells: int,
+    small_size: int,
+    workers: int,
+    sample_cells: int,
+    cache: Path,
+    as_json: bool,
+) -> None:
+    """Patch extraction against the decode floor, halo-direct reads, the seed approach and ImageTilesDataset."""
+    from xenium_assets.bench import bench_patches as run
+
+    figures = run(
+        n_cells=n_cells,
+        size=size,
+        small_cells=small_cells,
+        small_size=small_size,
+        workers=workers,
+        sample_cells=sample_cells,
+        cache=cache,
+    )
+    for k, v in figures.items():
+        click.echo(f"{k:>32}: {v}")
+    if as_json:
+        click.echo(json.dumps(figures))
+
+
 @bench.command("labels")
 @click.option(
     "--h5",

@@ -3,15 +3,38 @@
 Load it with `dagster dev` (workspace.yaml) or `dagster ... -m xenium_assets.definitions`.
 """
 
-from dagster import Definitions
+from pathlib import Path
+
+from dagster import Definitions, define_asset_job
 
 from xenium_assets.defs.cell_labels import cell_labels
+from xenium_assets.defs.compute import DaskResource, PatchGeometry
+from xenium_assets.defs.dapi_zarr import dapi_zarr
+from xenium_assets.defs.partitions import sample_tile_partitions
+from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
+from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.paths import default_data_dir
 
-defs = Definitions(
-    assets=[raw_bundle, qc_adata, cell_labels],
-    resources={"project": ProjectResource(data_dir=str(default_data_dir()))},
-)
+PATCH_SHARDS_JOB = "patch_shards_job"
+
+
+def build_definitions(data_dir: Path) -> Definitions:
+    """All definitions, with the project's data in ``data_dir``."""
+    return Definitions(
+        assets=[raw_bundle, qc_adata, cell_labels, dapi_zarr, tile_geometry, patch_shards],
+        jobs=[
+            # All tiles of a sample (or a range of (sample, tile) keys) in one run.
+            define_asset_job(PATCH_SHARDS_JOB, selection=[patch_shards], partitions_def=sample_tile_partitions),
+        ],
+        resources={
+            "project": ProjectResource(data_dir=str(data_dir)),
+            "dask": DaskResource(),
+            "patches": PatchGeometry(),
+        },
+    )
+
+
+defs = build_definitions(default_data_dir())

@@ -101,8 +101,12 @@ def test_demo_end_to_end(project):
         assert f"{key} raw_bundle:" in result.stdout and f"{key} qc_adata:" in result.stdout
     assert "all samples cell_labels:" in result.stdout
     assert (project / "labels" / "labels.parquet").exists()
+    for key in ("demo_a", "demo_b"):
+        assert f"{key} patch_shards:" in result.stdout
+        assert len(list((project / "samples" / key / "patch_shards").glob("*/index.parquet"))) == 64
     instance = DagsterInstance.get()
-    assert len(instance.get_runs()) == 3  # one per sample, then the cross-sample labels
+    # per sample: one run of its per-sample assets and one of all its tiles; one run for the labels
+    assert len(instance.get_runs()) == 5
     assert sorted(instance.get_dynamic_partitions(SAMPLES)) == ["demo_a", "demo_b"]
     again = _run(
         [str(Path(sys.executable).parent / "xenium-assets"), "demo", "--cells", "250", "--size", "1024"], project

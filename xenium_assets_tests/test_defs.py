@@ -11,10 +11,13 @@ from dagster import AssetKey, DagsterInstance, Definitions, materialize
 
 from xenium_assets.bundle.manifest import read_manifest
 from xenium_assets.defs.cell_labels import cell_labels
+from xenium_assets.defs.compute import DaskResource, PatchGeometry
+from xenium_assets.defs.dapi_zarr import dapi_zarr
 from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
+from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.registry import SampleRegistry
 from xenium_assets_tests.conftest import JURKAT, JURKAT_ORIGIN, JURKAT_PIXEL_SIZE, REPO, needs_shared
 
@@ -27,14 +30,19 @@ def test_definitions_load():
     Definitions.validate_loadable(defs)
     # The asset graph, deliberately: changing it should change this line.
     graph = {
-        spec.key.to_user_string(): (spec.group_name, spec.partitions_def.name if spec.partitions_def else None)
+        spec.key.to_user_string(): (spec.group_name, getattr(spec.partitions_def, "name", None))
         for spec in defs.resolve_all_asset_specs()
     }
     assert graph == {
         "raw_bundle": ("bundle", SAMPLES),
         "qc_adata": ("expression", SAMPLES),
         "cell_labels": ("labels", None),
+        "dapi_zarr": ("patches", SAMPLES),
+        "tile_geometry": ("patches", SAMPLES),
+        "patch_shards": ("patches", None),
     }
+    tiles = defs.resolve_assets_def("patch_shards").partitions_def
+    assert [d.name for d in tiles.partitions_defs] == ["sample", "tile"]
 
 
 def test_dagster_cli_validates_the_code_location():
@@ -58,6 +66,10 @@ def _register(data, bundle, key, **kwargs):
     return instance
 
 
+def _resources(data) -> dict:
+    return {"project": ProjectResource(data_dir=str(data)), "dask": DaskResource(), "patches": PatchGeometry()}
+
+
 def _materialize(instance, data, key, run_config=None, raise_on_error=True, assets=(raw_bundle,)):
     config = {**QUIET, **(run_config or {})}
     return materialize(
@@ -65,7 +77,7 @@ def _materialize(instance, data, key, run_config=None, raise_on_error=True, asse
         partition_key=key,
         instance=instance,
         run_config=config,
-        resources={"project": ProjectResource(data_dir=str(data))},
+        resources=_resources(data),
         raise_on_error=raise_on_error,
     )
 
@@ -169,4 +181,35 @@ def test_qc_and_label_failures_say_why(project, bundles):
     result = _materialize(instance, project, None, run_config=config, raise_on_error=False, assets=(cell_labels,))
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "method 'markers' needs markers_file" in failure.step_failure_data.error.message
+    instance.dispose()
+
+
+def test_patch_shards_for_all_tiles_of_a_sample_in_one_run(project, bundles):
+    """Per-sample assets, labels, then every tile of the sample in one run on a real 2-process dask cluster."""
+    from xenium_assets.definitions import PATCH_SHARDS_JOB, build_definitions
+    from xenium_assets.defs.patch_shards import patch_shards
+    from xenium_assets.patches.grid import TILE_KEYS
+
+    instance = _register(project, bundles("2"), "s1")
+    per_sample = (raw_bundle, qc_adata, dapi_zarr, tile_geometry)
+    assert _materialize(instance, project, "s1", assets=per_sample).success
+    assert _materialize(instance, project, None, assets=(cell_labels,)).success
+    store = _meta(instance, "dapi_zarr")
+    assert store["image_size"].value == "1536 x 1536 px" and store["resampled"].value is False
+    assert _meta(instance, "tile_geometry")["n_cells"].value == 600
+    job = build_definitions(project).resolve_job_def(PATCH_SHARDS_JOB)
+    tags = {"dagster/asset_partition_range_start": "s1|r0c0", "dagster/asset_partition_range_end": "s1|r7c7"}
+    result = job.execute_in_process(instance=instance, tags=tags, run_config=QUIET)
+    assert result.success
+    done = instance.get_materialized_partitions(AssetKey("patch_shards"))
+    assert done == {f"s1|{t}" for t in TILE_KEYS}
+    meta = _meta(instance, "patch_shards")
+    labelled = 600 - _meta(instance, "qc_adata")["n_cells_removed"].value
+    assert 0.9 * labelled < meta["n_patches"].value <= labelled
+    assert meta["n_patches"].value + meta["n_skipped"].value == 600
+    assert "no_nucleus" in meta["skipped_by_reason"].value and "no_label" in meta["skipped_by_reason"].value
+    assert meta["gallery"].value.startswith("![patches per class](data:image/png;base64,")
+    assert meta["path"].value == str(project / "samples" / "s1" / "patch_shards")
+    assert len(list((project / "samples" / "s1" / "patch_shards").glob("*/index.parquet"))) == 64
+    assert patch_shards.backfill_policy is not None
     instance.dispose()

@@ -9,6 +9,8 @@ is accepted and reported.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +106,19 @@ def find_dapi(first: Path) -> DapiImage:
     return _describe(file, ifd, channel, names, physical, notes)
 
 
+def _series_of(tif: tifffile.TiffFile, ifd: int) -> tifffile.TiffPageSeries:
+    """The series (with its SubIFD pyramid) whose first page is IFD ``ifd``."""
+    return next((s for s in tif.series if s.pages and s.pages[0].index == ifd), tif.series[0])
+
+
+@contextmanager
+def open_plane(file: str | Path, ifd: int = 0, level: int = 0) -> Iterator[zarr.Array]:
+    """One pyramid level of a plane as a lazily decoded 2D zarr array: slicing decodes only the
+    TIFF tiles it touches (never the whole slide)."""
+    with tifffile.TiffFile(file, is_ome=False) as tif, _series_of(tif, ifd).aszarr(level=level) as store:
+        yield zarr.open(store, mode="r")
+
+
 def _describe(
     file: Path, ifd: int, channel: int, names: list[str], physical: float | None, notes: list[str]
 ) -> DapiImage:
@@ -115,9 +130,9 @@ def _describe(
                     file, f"has {len(tif.pages)} pages but OME-XML puts DAPI at IFD {ifd}", "re-export the image"
                 )
             page = tif.pages[ifd]
-            if page.ndim != 2 and not (page.ndim == 3 and 1 in page.shape):
+            if page.ndim != 2:
                 raise BundleError(file, f"DAPI plane has shape {page.shape}, expected a 2D image", None)
-            series = next((s for s in tif.series if s.pages and s.pages[0].index == ifd), tif.series[0])
+            series = _series_of(tif, ifd)
             levels = [tuple(int(v) for v in lvl.shape[-2:]) for lvl in series.levels]
             tile = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
             compression, dtype = page.compression.name, str(page.dtype)

@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 from dagster import DagsterInstance, materialize
 
-from xenium_assets.defs.partitions import SAMPLES, sample_partitions
-from xenium_assets.defs.resources import ProjectResource
+from xenium_assets.defs.partitions import SAMPLES, sample_partitions, sample_tile_partitions, tile_partitions
 from xenium_assets.paths import ProjectPaths
 from xenium_assets.progress import TqdmProgress
 from xenium_assets.registry import SampleRegistry
@@ -16,14 +15,13 @@ from xenium_assets.synth import SynthParams, generate_bundle
 # Two samples from different XOA releases, so the demo exercises cross-version reading.
 DEMO_BUNDLES = (("demo_a", "3", 11), ("demo_b", "4", 12))
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
-def run_demo(
+def register_demo_bundles(
     paths: ProjectPaths, instance: DagsterInstance, *, n_cells: int, size: int, echo: Callable[[str], None]
 ) -> list[str]:
-    """Make the demo bundles if absent, register them, materialize every asset; return a summary."""
-    from xenium_assets.definitions import defs
-
+    """Make the demo bundles if absent and register them as samples; returns their keys."""
     registry = SampleRegistry(paths.samples_dir)
     keys = []
     for name, version, seed in DEMO_BUNDLES:
@@ -40,31 +38,63 @@ def run_demo(
         if not instance.has_dynamic_partition(SAMPLES, entry.key):
             instance.add_dynamic_partitions(SAMPLES, [entry.key])
         keys.append(entry.key)
+    return keys
 
-    resources = {"project": ProjectResource(data_dir=str(paths.data_dir))}
+
+def run_demo(
+    paths: ProjectPaths, instance: DagsterInstance, *, n_cells: int, size: int, echo: Callable[[str], None]
+) -> list[str]:
+    """Register the demo samples, then materialize every asset in dependency order; return a summary.
+
+    Per-sample assets run per sample, cross-sample ones once, and sample x tile ones as one run per
+    sample covering all its tiles (a partition range, like a single-run backfill).
+    """
+    from xenium_assets.definitions import PATCH_SHARDS_JOB, build_definitions
+
+    keys = register_demo_bundles(paths, instance, n_cells=n_cells, size=size, echo=echo)
+    defs = build_definitions(paths.data_dir)
     assets = list(defs.assets or [])
-    per_sample = [a for a in assets if getattr(a, "partitions_def", None) == sample_partitions]
-    unpartitioned = [a for a in assets if getattr(a, "partitions_def", None) is None]
-    summary = []
+    resources = defs.resources
+    summary: list[str] = []
 
-    def run(selection: list, partition_key: str | None, label: str) -> None:
-        echo(f"materializing {', '.join(a.key.to_user_string() for a in selection)} for {label}")
-        result = materialize(
-            assets,
-            selection=selection,
-            partition_key=partition_key,
-            instance=instance,
-            resources=resources,
-            run_config=QUIET,
-        )
+    def report(result, label: str) -> None:
+        seen = set()
         for event in result.get_asset_materialization_events():
             mat = event.materialization
-            path = mat.metadata["path"].value if "path" in mat.metadata else ""
-            summary.append(f"{label} {mat.asset_key.to_user_string()}: {path}")
+            name = mat.asset_key.to_user_string()
+            if name not in seen:
+                seen.add(name)
+                path = mat.metadata["path"].value if "path" in mat.metadata else ""
+                summary.append(f"{label} {name}: {path}")
 
+    per_sample = [a for a in assets if a.partitions_def == sample_partitions]
+    unpartitioned = [a for a in assets if a.partitions_def is None]
+    per_tile = [a for a in assets if a.partitions_def == sample_tile_partitions]
     for key in keys:
-        run(per_sample, key, key)
+        echo(f"materializing {', '.join(a.key.to_user_string() for a in per_sample)} for {key}")
+        report(
+            materialize(
+                assets,
+                selection=per_sample,
+                partition_key=key,
+                instance=instance,
+                resources=resources,
+                run_config=QUIET,
+            ),
+            key,
+        )
     if unpartitioned:
-        run(unpartitioned, None, "all samples")
+        echo(f"materializing {', '.join(a.key.to_user_string() for a in unpartitioned)} across samples")
+        report(
+            materialize(assets, selection=unpartitioned, instance=instance, resources=resources, run_config=QUIET),
+            "all samples",
+        )
+    if per_tile:
+        job = defs.resolve_job_def(PATCH_SHARDS_JOB)
+        tiles = tile_partitions.get_partition_keys()
+        for key in keys:
+            echo(f"materializing patch_shards for all {len(tiles)} tiles of {key} (one run)")
+            tags = {RANGE_START: f"{key}|{tiles[0]}", RANGE_END: f"{key}|{tiles[-1]}"}
+            report(job.execute_in_process(instance=instance, tags=tags, run_config=QUIET), key)
     summary.append(f"Dagster runs are in {instance.root_directory}; browse them with `make dev`.")
     return summary

@@ -1,0 +1,48 @@
+"""Where tasks run: a local thread pool, or a dask.distributed cluster.
+
+Library functions that fan out take a ``run(fn, tasks, progress_stage)`` runner: they stay ignorant of
+the engine, and the Dagster layer passes a runner bound to its dask resource. Task functions must be
+importable module-level functions whose arguments pickle (they may run in another process or host).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, Protocol
+
+from xenium_assets.progress import Progress, no_progress
+
+
+class Runner(Protocol):
+    def __call__(self, fn: Callable[..., Any], tasks: list[dict], stage: str) -> Iterator[Any]: ...
+
+
+def thread_runner(workers: int = 2, progress: Progress = no_progress) -> Runner:
+    """Run tasks in a local thread pool (numpy, zarr and imagecodecs release the GIL)."""
+
+    def run(fn: Callable[..., Any], tasks: list[dict], stage: str) -> Iterator[Any]:
+        with ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(fn, **t) for t in tasks]
+            for done, fut in enumerate(as_completed(futures), 1):
+                progress(stage, done, len(tasks))
+                yield fut.result()
+
+    return run
+
+
+def dask_runner(client: Any, progress: Progress = no_progress) -> Runner:
+    """Run tasks on a dask.distributed client, yielding results as they complete."""
+
+    def run(fn: Callable[..., Any], tasks: list[dict], stage: str) -> Iterator[Any]:
+        from distributed import as_completed as dask_completed
+
+        futures = [client.submit(fn, pure=False, **t) for t in tasks]
+        try:
+            for done, fut in enumerate(dask_completed(futures), 1):
+                progress(stage, done, len(tasks))
+                yield fut.result()
+        finally:
+            client.cancel(futures)
+
+    return run

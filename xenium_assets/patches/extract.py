@@ -1,0 +1,257 @@
+"""Cut the patches of one tile: masks rasterised per block in one call each, crops by fancy indexing.
+
+``plan_cells`` decides, for all cells of a sample at once, which are eligible and why the others are
+skipped, and groups them by owning tile. ``extract_tile`` (a dask task) then works through its tile
+in blocks of at most 2048² px plus a half-patch halo, so memory does not grow with tile or slide
+size: per block, one DAPI read from the transcoded store, one rasterisation of all nucleus polygons
+and one of all cell polygons, and one vectorised crop of every cell's window. No loop over cells
+touches pixels; the loop over cells only hands finished arrays to the tar writer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import zarr
+
+from xenium_assets.patches import shards
+from xenium_assets.patches.dapi_store import DapiStore
+from xenium_assets.patches.geometry import CELLS, read_tile_polygons
+from xenium_assets.patches.grid import PatchSpec, tile_window
+from xenium_assets.raster import PolygonRaster, read_window, tile_windows
+
+BLOCK_PX = 2048
+MASK_NUCLEUS, MASK_PERINUCLEAR = 1, 2
+
+# Skip reasons, most fundamental first: a cell is counted under the first that applies.
+RAW_REASONS = {
+    "centroid_off_image": "off_image",
+    "duplicate_cell_id": "invalid_id",
+    "no_cell_boundary": "no_cell_boundary",
+    "not_in_matrix": "no_label",
+}
+SKIP_ORDER = ("off_image", "invalid_id", "invalid_polygon", "no_cell_boundary", "no_nucleus", "no_label")
+
+
+def plan_cells(
+    cells: pd.DataFrame, labels: pd.DataFrame, problems: pd.DataFrame, shape: tuple[int, int]
+) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
+    """Eligible cells (with their label columns, sorted by cell id) and skipped cells per tile by reason.
+
+    ``cells``: the geometry table (cell_id, tile, centre, areas, n_nuclei); ``labels``: this sample's
+    rows of the label table; ``problems``: raw_bundle's invalid cells (cell_id, reason).
+    """
+    frame = cells.merge(labels, on="cell_id", how="left")
+    reason = pd.Series("", index=frame.index, dtype=object)
+    raw = problems.assign(reason=problems["reason"].map(RAW_REASONS).fillna("invalid_polygon"))
+    raw_reason = raw.groupby("cell_id")["reason"].agg(lambda r: min(r, key=SKIP_ORDER.index))
+    from_raw = frame["cell_id"].map(raw_reason)
+    height, width = shape
+    off = ~((frame["row_px"] >= 0) & (frame["row_px"] < height) & (frame["col_px"] >= 0) & (frame["col_px"] < width))
+    for name, mask in (
+        ("off_image", off | (from_raw == "off_image")),
+        ("invalid_id", from_raw == "invalid_id"),
+        ("invalid_polygon", from_raw == "invalid_polygon"),
+        ("no_cell_boundary", (from_raw == "no_cell_boundary") | (frame["cell_area_um2"] <= 0)),
+        ("no_nucleus", frame["n_nuclei"] == 0),
+        ("no_label", frame["label"].isna() | (from_raw == "no_label")),
+    ):
+        reason[(reason == "") & mask.to_numpy()] = name
+    excluded = frame["excluded_reason"].fillna("")
+    reason[(reason == "") & (excluded != "")] = "excluded_" + excluded[(reason == "") & (excluded != "")]
+    frame["skip"] = reason
+    skipped = {
+        tile: group.loc[group["skip"] != "", "skip"].value_counts().to_dict() for tile, group in frame.groupby("tile")
+    }
+    eligible = frame[frame["skip"] == ""].drop(columns=["skip", "excluded_reason"])
+    return eligible.sort_values("cell_id").reset_index(drop=True), skipped
+
+
+@dataclass
+class TileTask:
+    """Everything a worker needs for one tile (it pickles: workers may be other processes or hosts)."""
+
+    sample: str
+    tile: str
+    cells: pd.DataFrame
+    skipped: dict[str, int]
+    store: str
+    shape: tuple[int, int]
+    pixel_size_um: float
+    resampled: bool
+    geometry_dir: str
+    out_dir: str
+    spec: PatchSpec = field(default_factory=PatchSpec)
+    percentiles: dict[str, float] = field(default_factory=dict)
+    max_per_shard: int = shards.MAX_SAMPLES_PER_SHARD
+    examples_per_class: int = 3
+
+
+def tile_tasks(
+    sample: str,
+    store: DapiStore,
+    geometry_dir: Path,
+    problems: pd.DataFrame,
+    labels: pd.DataFrame,
+    tiles: list[str],
+    out_root: Path,
+    spec: PatchSpec,
+    **options,
+) -> list[TileTask]:
+    """One task per requested tile, eligibility decided for the whole sample at once.
+
+    ``problems``: raw_bundle's invalid cells; ``labels``: this sample's label rows; ``options``:
+    TileTask fields such as max_per_shard and examples_per_class.
+    """
+    cells = pq.read_table(Path(geometry_dir) / CELLS).to_pandas()
+    eligible, skipped = plan_cells(cells, labels.drop(columns=["sample"], errors="ignore"), problems, store.shape)
+    by_tile = dict(tuple(eligible.groupby("tile")))
+    return [
+        TileTask(
+            sample=sample,
+            tile=tile,
+            cells=by_tile.get(tile, eligible.iloc[0:0]),
+            skipped=skipped.get(tile, {}),
+            store=store.path,
+            shape=store.shape,
+            pixel_size_um=store.pixel_size_um,
+            resampled=store.resampled,
+            geometry_dir=str(geometry_dir),
+            out_dir=str(Path(out_root) / tile),
+            spec=spec,
+            percentiles=store.percentiles,
+            **options,
+        )
+        for tile in tiles
+    ]
+
+
+def crop(array: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.ndarray:
+    """(n, size, size) windows of ``array`` at the given top-left corners, in one indexing operation
+    (on a sliding-window view: 4x faster than indexing with broadcast row and column grids)."""
+    return np.lib.stride_tricks.sliding_window_view(array, (size, size))[top, left]
+
+
+def _metadata(task: TileTask, top: np.ndarray, left: np.ndarray, edge: np.ndarray) -> list[dict]:
+    """The JSON of every cell's sample, built column-wise."""
+    cells = task.cells
+    multi = cells["n_nuclei"].to_numpy() > 1
+    records = pd.DataFrame(
+        {
+            "sample": task.sample,
+            "cell_id": cells["cell_id"],
+            "tile": task.tile,
+            "label": cells["label"],
+            "label_version": cells["label_version"],
+            "confidence": cells["confidence"].astype(float),
+            "nucleus_area_um2": cells["nucleus_area_um2"].astype(float),
+            "cell_area_um2": cells["cell_area_um2"].astype(float),
+            "pixel_size_um": task.pixel_size_um,
+            "patch_um": task.spec.size_um,
+        }
+    ).to_dict("records")
+    xy = cells[["x_um", "y_um"]].to_numpy().tolist()
+    for rec, centre, t, l_, e, m in zip(records, xy, top.tolist(), left.tolist(), edge, multi, strict=True):
+        rec["centroid_um"] = centre
+        rec["origin_px"] = [t, l_]
+        rec["flags"] = [f for f, on in (("edge_padded", e), ("multinucleate", m), ("resampled", task.resampled)) if on]
+    return records
+
+
+def extract_tile(task: TileTask) -> dict:
+    """Write the tile's shards and index; return its counts, a few example patches, and timings."""
+    start = time.perf_counter()
+    out = Path(task.out_dir)
+    size, half = task.spec.size_px, task.spec.halo_px
+    cells = task.cells
+    ids, kinds, polys = read_tile_polygons(Path(task.geometry_dir), task.tile)
+    # One raster value per cell present in the tile (owned or neighbour): a cell's nuclei share it.
+    codes = pd.Index(pd.unique(np.concatenate([ids, cells["cell_id"].to_numpy(dtype=object)])))
+    values = codes.get_indexer(ids) + 1
+    own_value = codes.get_indexer(cells["cell_id"].to_numpy(dtype=object)) + 1
+    is_nucleus = kinds == "nucleus"
+    nuclei = PolygonRaster(polys[is_nucleus], values[is_nucleus])
+    outlines = PolygonRaster(polys[~is_nucleus], values[~is_nucleus])
+    image = zarr.open_array(task.store, mode="r")
+    height, width = task.shape
+    row_px, col_px = cells["row_px"].to_numpy(), cells["col_px"].to_numpy()
+    top = np.floor(row_px - half + 0.5).astype(np.int64)
+    left = np.floor(col_px - half + 0.5).astype(np.int64)
+    edge = ~((top >= 0) & (left >= 0) & (top + size <= height) & (left + size <= width))
+    metas = _metadata(task, top, left, edge)
+    keys = [f"{task.sample}/{c}" for c in cells["cell_id"]]
+    shard_of = np.full(len(cells), None, dtype=object)
+    examples: dict[str, list] = {}
+    writer = shards.TileShardWriter(out, max_count=task.max_per_shard)
+    try:
+        tile = tile_window(task.tile, height, width)
+        for block in tile_windows(tile.h, tile.w, BLOCK_PX, tile.y0, tile.x0) if tile.h and tile.w else []:
+            pick = np.flatnonzero(
+                (row_px >= block.y0)
+                & (row_px < block.y0 + block.h)
+                & (col_px >= block.x0)
+                & (col_px < block.x0 + block.w)
+            )
+            if not len(pick):
+                continue
+            region = block.pad(half)
+            t, l_ = top[pick] - region.y0, left[pick] - region.x0
+            dapi = crop(read_window(image, region), t, l_, size)
+            nuc = crop(nuclei.window(region), t, l_, size)
+            cel = crop(outlines.window(region), t, l_, size)
+            own = own_value[pick][:, None, None]
+            # Nucleus: this cell's nuclei only. Perinuclear: inside its cell polygon and in no nucleus at all,
+            # so a neighbour's nucleus never enters this cell's masks. Bools are 0/1 bytes: view them as uint8.
+            nucleus = (nuc == own).view(np.uint8)
+            perinuclear = ((cel == own) & (nuc == 0)).view(np.uint8)
+            mask = nucleus * np.uint8(MASK_NUCLEUS) + perinuclear * np.uint8(MASK_PERINUCLEAR)
+            for j, i in enumerate(pick):
+                shard_of[i] = writer.write(keys[i], dapi[j], mask[j], metas[i])
+                ex = examples.setdefault(metas[i]["label"], [])
+                if len(ex) < task.examples_per_class:
+                    ex.append((dapi[j].copy(), mask[j].copy()))
+    finally:
+        published = writer.close()
+    written = np.array([s is not None for s in shard_of], dtype=bool)
+    index = pd.DataFrame(
+        {
+            "key": np.asarray(keys, dtype=object)[written],
+            "cell_id": cells["cell_id"].to_numpy()[written],
+            "label": cells["label"].to_numpy()[written],
+            "confidence": cells["confidence"].to_numpy(dtype=float)[written],
+            "label_version": cells["label_version"].to_numpy()[written],
+            "shard": shard_of[written],
+            "x_um": cells["x_um"].to_numpy()[written],
+            "y_um": cells["y_um"].to_numpy()[written],
+            "edge_padded": edge[written],
+            "multinucleate": cells["n_nuclei"].to_numpy()[written] > 1,
+        }
+    )
+    summary = {
+        "sample": task.sample,
+        "tile": task.tile,
+        "n_patches": len(index),
+        "skipped": task.skipped,
+        "class_counts": index["label"].value_counts().to_dict(),
+        "shards": published,
+        "patch_px": size,
+        "pixel_size_um": task.pixel_size_um,
+    }
+    metadata = {
+        "dapi_percentiles": json.dumps(task.percentiles),
+        "patch_px": str(size),
+        "pixel_size_um": str(task.pixel_size_um),
+    }
+    shards.finish_tile(out, index, summary, metadata)
+    return {
+        **summary,
+        "bytes": sum((out / s).stat().st_size for s in published),
+        "seconds": time.perf_counter() - start,
+        "examples": examples,
+    }

@@ -1,0 +1,260 @@
+"""Split a sample's cell and nucleus polygons by tile, streaming, and find each cell's patch centre.
+
+The boundary tables are read in record batches (a polygon cut by a batch boundary is carried over
+to the next batch), so a whole-slide polygon table never sits in memory. Each polygon goes to every
+tile whose halo-expanded window its bounding box touches; each tile's polygons land in their own
+Parquet file (pixel coordinates at the target pixel size), so a tile task reads only its own.
+A cell's patch is centred on its nucleus centroid (area-weighted over all its nuclei); cells
+without a nucleus are placed by their cell centroid, so they are still counted (and skipped) by a tile.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import shapely
+
+from xenium_assets.atomic import PARTIAL, atomic_file
+from xenium_assets.bundle.ids import normalise_ids
+from xenium_assets.bundle.manifest import Manifest
+from xenium_assets.bundle.tables import read_table
+from xenium_assets.formats import Col
+from xenium_assets.patches import grid
+from xenium_assets.patches.dapi_store import DapiStore
+from xenium_assets.progress import Progress, no_progress
+
+BATCH_ROWS = 1_000_000
+TILES_DIR = "tiles"
+CELLS = "cells.parquet"
+POLYGON_SCHEMA = pa.schema(
+    [("cell_id", pa.string()), ("kind", pa.string()), ("x", pa.list_(pa.float32())), ("y", pa.list_(pa.float32()))]
+)
+
+
+@dataclass
+class Polygons:
+    """Complete polygons of one batch: owner id per polygon and ragged vertices (µm)."""
+
+    ids: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    starts: np.ndarray
+    rows: np.ndarray
+
+
+def _batches(path: Path) -> Iterator[pa.RecordBatch]:
+    columns = [Col.CELL_ID, Col.VERTEX_X, Col.VERTEX_Y]
+    if path.name.endswith(".parquet"):
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        wanted = columns + ([Col.LABEL_ID] if Col.LABEL_ID in names else [])
+        yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=wanted)
+    else:
+        opts = pacsv.ConvertOptions(column_types={Col.CELL_ID: pa.string()})
+        reader = pacsv.open_csv(path, convert_options=opts, read_options=pacsv.ReadOptions(block_size=64 << 20))
+        for batch in reader:
+            keep = [c for c in [*columns, Col.LABEL_ID] if c in batch.schema.names]
+            yield pa.RecordBatch.from_arrays([batch.column(c) for c in keep], names=keep)
+
+
+def iter_polygons(path: Path) -> Iterator[Polygons]:
+    """Complete polygons batch by batch; rows of one polygon are contiguous (label_id, else cell_id)."""
+    carry: pa.Table | None = None
+    batches = _batches(path)
+    nxt = next(batches, None)
+    while nxt is not None:
+        current, nxt = nxt, next(batches, None)
+        table = (
+            pa.Table.from_batches([current])
+            if carry is None
+            else pa.concat_tables([carry, pa.Table.from_batches([current])])
+        )
+        key = table[Col.LABEL_ID] if Col.LABEL_ID in table.column_names else table[Col.CELL_ID]
+        n = table.num_rows
+        change = pc.not_equal(key.slice(0, n - 1), key.slice(1)).to_numpy(zero_copy_only=False) if n > 1 else []
+        starts = np.flatnonzero(np.concatenate([[True], change]))
+        cut = starts[-1] if nxt is not None else n  # the last polygon may continue in the next batch
+        carry = table.slice(cut) if nxt is not None else None
+        complete = table.slice(0, cut)
+        starts = starts[starts < cut]
+        if len(starts):
+            yield Polygons(
+                ids=normalise_ids(complete[Col.CELL_ID].take(pa.array(starts))),
+                x=complete[Col.VERTEX_X].to_numpy().astype(np.float64),
+                y=complete[Col.VERTEX_Y].to_numpy().astype(np.float64),
+                starts=starts,
+                rows=np.diff(np.append(starts, cut)),
+            )
+
+
+def _gather(starts: np.ndarray, rows: np.ndarray, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertex row indices of the picked polygons, and their list offsets (vectorised ragged gather)."""
+    lengths = rows[pick]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    index = np.repeat(starts[pick] - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return index, offsets
+
+
+def polygons_from_offsets(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """shapely Polygons from ragged vertices in one call; open rings are closed (linearrings does it)."""
+    if len(offsets) < 2:
+        return np.array([], dtype=object)
+    ring = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    return shapely.polygons(shapely.linearrings(coords, indices=ring))
+
+
+@dataclass
+class GeometrySummary:
+    n_cells: int
+    n_polygons: dict[str, int]
+    unknown_polygons: int
+    cells_per_tile: dict[str, int]
+
+
+def split_by_tile(
+    manifest: Manifest, store: DapiStore, spec: grid.PatchSpec, out_dir: Path, progress: Progress = no_progress
+) -> GeometrySummary:
+    """Write ``out_dir/tiles/<tile>.parquet`` (polygons, target px) and ``out_dir/cells.parquet``."""
+    height, width = store.shape
+    ox, oy = manifest.image_origin_um
+    ps = store.pixel_size_um
+    halo = spec.halo_px
+    cells = read_table(manifest.path("cells"), [Col.CELL_ID, Col.X_CENTROID, Col.Y_CENTROID])
+    ids = normalise_ids(cells[Col.CELL_ID])
+    index = pd.Index(ids)
+    if not index.is_unique:
+        index = pd.Index(pd.unique(ids))
+    n = len(index)
+    nuc_area = np.zeros(n)
+    nuc_sx, nuc_sy = np.zeros(n), np.zeros(n)
+    n_nuclei = np.zeros(n, dtype=np.int64)
+    cell_area = np.zeros(n)
+    counts = {"cell": 0, "nucleus": 0}
+    unknown = 0
+    tmp = out_dir / f".{TILES_DIR}{PARTIAL}{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    writers: dict[str, pq.ParquetWriter] = {}
+    try:
+        for kind, role in (("nucleus", "nucleus_boundaries"), ("cell", "cell_boundaries")):
+            for batch in iter_polygons(manifest.path(role)):
+                rows_px = (batch.y - oy) / ps
+                cols_px = (batch.x - ox) / ps
+                ok = (batch.rows >= 4) & (np.add.reduceat(np.isnan(cols_px) | np.isnan(rows_px), batch.starts) == 0)
+                owner = index.get_indexer(batch.ids)
+                unknown += int((owner < 0).sum())
+                ok &= owner >= 0
+                pick = np.flatnonzero(ok)
+                counts[kind] += len(pick)
+                vidx, offsets = _gather(batch.starts, batch.rows, pick)
+                polys = polygons_from_offsets(np.column_stack([batch.x[vidx], batch.y[vidx]]), offsets)
+                area = shapely.area(polys)
+                if kind == "nucleus":
+                    centre = shapely.get_coordinates(shapely.centroid(polys))
+                    np.add.at(nuc_area, owner[pick], area)
+                    np.add.at(nuc_sx, owner[pick], area * centre[:, 0])
+                    np.add.at(nuc_sy, owner[pick], area * centre[:, 1])
+                    np.add.at(n_nuclei, owner[pick], 1)
+                else:
+                    np.add.at(cell_area, owner[pick], area)
+                # Tiles touched by each polygon's bounding box grown by the halo.
+                ymin = np.fmin.reduceat(rows_px, batch.starts)[pick] - halo
+                ymax = np.fmax.reduceat(rows_px, batch.starts)[pick] + halo
+                xmin = np.fmin.reduceat(cols_px, batch.starts)[pick] - halo
+                xmax = np.fmax.reduceat(cols_px, batch.starts)[pick] + halo
+                r0, r1 = grid.tile_ranges(ymin, ymax, height)
+                c0, c1 = grid.tile_ranges(xmin, xmax, width)
+                nr, nc = r1 - r0 + 1, c1 - c0 + 1
+                pair_poly = np.repeat(np.arange(len(pick)), nr * nc)
+                k = np.arange(len(pair_poly)) - np.repeat(np.cumsum(nr * nc) - nr * nc, nr * nc)
+                pair_tile = (r0[pair_poly] + k // nc[pair_poly]) * grid.GRID + c0[pair_poly] + k % nc[pair_poly]
+                vx, vy = cols_px[vidx].astype(np.float32), rows_px[vidx].astype(np.float32)
+                for tile in np.unique(pair_tile):
+                    sel = pair_poly[pair_tile == tile]
+                    sub_idx, sub_off = _gather(offsets[:-1], np.diff(offsets), sel)
+                    table = pa.table(
+                        [
+                            pa.array(batch.ids[pick[sel]].tolist(), pa.string()),
+                            pa.array(np.full(len(sel), kind).tolist(), pa.string()),
+                            pa.ListArray.from_arrays(pa.array(sub_off.astype(np.int32)), pa.array(vx[sub_idx])),
+                            pa.ListArray.from_arrays(pa.array(sub_off.astype(np.int32)), pa.array(vy[sub_idx])),
+                        ],
+                        schema=POLYGON_SCHEMA,
+                    )
+                    key = grid.TILE_KEYS[tile]
+                    if key not in writers:
+                        writers[key] = pq.ParquetWriter(tmp / f"{key}.parquet", POLYGON_SCHEMA, compression="zstd")
+                    writers[key].write_table(table)
+                progress("split polygons by tile", counts["nucleus"] + counts["cell"], 2 * n)
+        for w in writers.values():
+            w.close()
+        final = out_dir / TILES_DIR
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    finally:
+        for w in writers.values():
+            w.close()
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+    has_nucleus = n_nuclei > 0
+    centre_x = np.where(has_nucleus, nuc_sx / np.maximum(nuc_area, 1e-12), np.nan)
+    centre_y = np.where(has_nucleus, nuc_sy / np.maximum(nuc_area, 1e-12), np.nan)
+    table_xy = pd.DataFrame({"x": cells[Col.X_CENTROID].to_numpy(), "y": cells[Col.Y_CENTROID].to_numpy()}, index=ids)
+    table_xy = table_xy[~table_xy.index.duplicated()].loc[index]
+    centre_x = np.where(has_nucleus, centre_x, table_xy["x"].to_numpy())
+    centre_y = np.where(has_nucleus, centre_y, table_xy["y"].to_numpy())
+    row_px, col_px = (centre_y - oy) / ps, (centre_x - ox) / ps
+    tiles = grid.tiles_of(row_px, col_px, height, width)
+    frame = pd.DataFrame(
+        {
+            "cell_id": index.to_numpy(dtype=object),
+            "tile": tiles,
+            "x_um": centre_x,
+            "y_um": centre_y,
+            "row_px": row_px,
+            "col_px": col_px,
+            "nucleus_area_um2": np.where(has_nucleus, nuc_area, np.nan),
+            "cell_area_um2": cell_area,
+            "n_nuclei": n_nuclei,
+        }
+    )
+    with atomic_file(out_dir / CELLS) as tmp_cells:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_cells)
+    return GeometrySummary(
+        n_cells=n,
+        n_polygons=counts,
+        unknown_polygons=unknown,
+        cells_per_tile=frame["tile"].value_counts().to_dict(),
+    )
+
+
+def read_tile_polygons(folder: Path, tile: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner cell ids, kinds, shapely polygons in target px) of one tile; empty if the tile has none."""
+    path = Path(folder) / TILES_DIR / f"{tile}.parquet"
+    if not path.exists():
+        empty = np.array([], dtype=object)
+        return empty, empty, np.array([], dtype=object)
+    table = pq.read_table(path)
+    xs = table["x"].combine_chunks()
+    ys = table["y"].combine_chunks()
+    offsets = xs.offsets.to_numpy()
+    coords = np.column_stack([xs.values.to_numpy(), ys.values.to_numpy()]).astype(np.float64)
+    polys = polygons_from_offsets(coords, offsets)
+    return (
+        np.asarray(table["cell_id"].to_pylist(), dtype=object),
+        np.asarray(table["kind"].to_pylist(), dtype=object),
+        polys,
+    )

@@ -1,0 +1,78 @@
+"""The fixed tile grid (stable partition keys) and patch geometry in physical units.
+
+Every sample is cut into the same 8 x 8 grid of tiles, named r<row>c<col>, with edges rounded to
+multiples of 256 px so tiles line up with the DAPI store's chunks; small images leave some tiles
+empty. A tile owns the cells whose nucleus centroid falls in it. Patch sizes are set in µm and
+converted at a common target pixel size, so patches from instruments with other pixel sizes are
+comparable (their images are resampled to it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from xenium_assets.formats import XENIUM_PIXEL_SIZE_UM
+from xenium_assets.raster import Window
+
+GRID = 8
+ALIGN_PX = 256
+TILE_KEYS = tuple(f"r{r}c{c}" for r in range(GRID) for c in range(GRID))
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """Patch size in µm at a target pixel size; the pixel size is rounded up to a multiple of 8 px."""
+
+    size_um: float = 20.0
+    pixel_size_um: float = XENIUM_PIXEL_SIZE_UM
+
+    @property
+    def size_px(self) -> int:
+        return int(math.ceil(self.size_um / self.pixel_size_um / 8) * 8)
+
+    @property
+    def halo_px(self) -> int:
+        """Half a patch: a tile read with this margin holds every patch of the cells it owns."""
+        return self.size_px // 2
+
+
+def edges(length: int, grid: int = GRID, align: int = ALIGN_PX) -> np.ndarray:
+    """grid + 1 tile edges over [0, length], rounded to multiples of ``align`` (the last is ``length``)."""
+    raw = np.round(np.arange(grid + 1) * length / grid / align).astype(np.int64) * align
+    raw[-1] = length
+    return np.minimum(np.maximum.accumulate(raw), length)
+
+
+def tile_key(row: int, col: int) -> str:
+    return f"r{row}c{col}"
+
+
+def tile_index(key: str) -> tuple[int, int]:
+    row, col = key[1:].split("c")
+    return int(row), int(col)
+
+
+def tile_window(key: str, height: int, width: int) -> Window:
+    """The pixel window of a tile (empty, h or w = 0, when the image is too small to reach it)."""
+    r, c = tile_index(key)
+    ey, ex = edges(height), edges(width)
+    return Window(int(ey[r]), int(ex[c]), int(ey[r + 1] - ey[r]), int(ex[c + 1] - ex[c]))
+
+
+def tiles_of(rows: np.ndarray, cols: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Tile key of each pixel position (positions off the image go to the nearest edge tile)."""
+    r = np.clip(np.searchsorted(edges(height), rows, side="right") - 1, 0, GRID - 1)
+    c = np.clip(np.searchsorted(edges(width), cols, side="right") - 1, 0, GRID - 1)
+    keys = np.array(TILE_KEYS, dtype=object).reshape(GRID, GRID)
+    return keys[r, c]
+
+
+def tile_ranges(lo: np.ndarray, hi: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last tile index along one axis overlapped by [lo, hi) (vectorised)."""
+    e = edges(length)
+    first = np.clip(np.searchsorted(e, lo, side="right") - 1, 0, GRID - 1)
+    last = np.clip(np.searchsorted(e, hi, side="left") - 1, 0, GRID - 1)
+    return first, np.maximum(first, last)

@@ -1,0 +1,247 @@
+"""Patch extraction: geometry, masks, shards, atomicity and resampling, checked against direct reads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import shapely
+import webdataset as wds
+
+from xenium_assets.bundle.image import open_plane
+from xenium_assets.bundle.manifest import write_manifest
+from xenium_assets.bundle.validate import inspect_bundle
+from xenium_assets.parallel import thread_runner
+from xenium_assets.patches import grid
+from xenium_assets.patches.dapi_store import transcode_dapi
+from xenium_assets.patches.extract import MASK_NUCLEUS, MASK_PERINUCLEAR, TileTask, extract_tile, tile_tasks
+from xenium_assets.patches.geometry import CELLS, read_tile_polygons, split_by_tile
+from xenium_assets.patches.shards import INDEX, read_index
+from xenium_assets.synth import truth_paths
+from xenium_assets_tests.conftest import JURKAT, JURKAT_ORIGIN, JURKAT_PIXEL_SIZE, needs_shared
+
+SPEC = grid.PatchSpec()
+
+
+def _labels_from_truth(bundle: Path, sample: str) -> pd.DataFrame:
+    truth = pq.read_table(truth_paths(bundle)[0]).to_pandas()
+    labels = pd.DataFrame(
+        {
+            "sample": sample,
+            "cell_id": truth["cell_id"],
+            "label": truth["label"],
+            "confidence": 0.9,
+            "excluded_reason": "",
+            "label_version": "truth-1",
+        }
+    )
+    labels.loc[labels.index[::50], "excluded_reason"] = "low_confidence"  # some cells are excluded
+    return labels.iloc[:-10]  # and the last ten have no label (as if removed by QC)
+
+
+def _prepare(bundle: Path, root: Path, sample: str, **inspect_kwargs):
+    manifest = write_manifest(inspect_bundle(bundle, **inspect_kwargs), sample, root / "raw")
+    store = transcode_dapi(manifest, root / "dapi", SPEC.pixel_size_um, thread_runner(2))
+    split_by_tile(manifest, store, SPEC, root / "geometry")
+    return manifest, store
+
+
+def _tasks(manifest, store, root: Path, labels: pd.DataFrame, out: Path, **kwargs) -> list[TileTask]:
+    problems = pq.read_table(manifest.cell_problems).to_pandas()
+    problems = problems[problems["kind"] == "invalid"]
+    return tile_tasks(
+        manifest.sample, store, root / "geometry", problems, labels, list(grid.TILE_KEYS), out, SPEC, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def extracted(bundles, tmp_path_factory):
+    bundle = bundles("3")
+    root = tmp_path_factory.mktemp("patches")
+    manifest, store = _prepare(bundle, root, "s")
+    labels = _labels_from_truth(bundle, "s")
+    tasks = _tasks(manifest, store, root, labels, root / "shards")
+    results = [extract_tile(t) for t in tasks]
+    return bundle, root, manifest, store, labels, tasks, results
+
+
+def _samples(folder: Path) -> list[dict]:
+    files = sorted(str(p) for p in folder.glob("*/shard-*.tar"))
+    return list(wds.WebDataset(files, shardshuffle=False, empty_check=False).decode())
+
+
+def test_transcoded_store_equals_the_tiff(extracted):
+    _, _, manifest, store, _, _, _ = extracted
+    with open_plane(manifest.dapi_path, manifest.dapi.ifd) as plane:
+        np.testing.assert_array_equal(store.open()[:], plane[:])
+    assert store.percentiles["p1"] < store.percentiles["p50"] < store.percentiles["p99"]
+
+
+def test_shards_hold_exactly_the_eligible_cells(extracted):
+    _, root, _, _, labels, tasks, results = extracted
+    samples = _samples(root / "shards")
+    keys = [s["__key__"] for s in samples]
+    eligible = sorted(f"s/{c}" for t in tasks for c in t.cells["cell_id"])
+    assert sorted(keys) == eligible and len(set(keys)) == len(keys)
+    usable = labels[labels["excluded_reason"] == ""]
+    assert set(keys) <= {f"s/{c}" for c in usable["cell_id"]}
+    skipped = pd.DataFrame([r["skipped"] for r in results]).sum()
+    assert skipped["no_label"] > 0 and skipped["excluded_low_confidence"] > 0 and skipped["no_nucleus"] > 0
+    assert len(keys) + int(skipped.sum()) == 600  # every cell is a patch or counted as skipped
+    index = read_index(sorted((root / "shards").iterdir()))
+    assert sorted(index["key"]) == sorted(keys)
+    by_key = {s["__key__"]: s for s in samples}
+    for row in index.sample(20, random_state=0).itertuples():
+        assert by_key[row.key]["json"]["label"] == row.label
+        assert Path(row.path).name == row.shard
+    meta = samples[0]["json"]
+    assert set(meta) >= {
+        "label",
+        "label_version",
+        "confidence",
+        "sample",
+        "tile",
+        "centroid_um",
+        "nucleus_area_um2",
+        "cell_area_um2",
+        "pixel_size_um",
+        "flags",
+    }
+    assert samples[0]["dapi.npy"].shape == (96, 96) and samples[0]["dapi.npy"].dtype == np.uint16
+
+
+def test_patch_pixels_equal_a_direct_read(extracted):
+    _, root, manifest, _, _, _, _ = extracted
+    with open_plane(manifest.dapi_path, manifest.dapi.ifd) as plane:
+        image = np.asarray(plane[:])
+    h, w = image.shape
+    checked = 0
+    for s in _samples(root / "shards"):
+        r, c = s["json"]["origin_px"]
+        if r >= 0 and c >= 0 and r + 96 <= h and c + 96 <= w:
+            np.testing.assert_array_equal(s["dapi.npy"], image[r : r + 96, c : c + 96])
+            checked += 1
+        else:
+            assert "edge_padded" in s["json"]["flags"]
+            assert s["dapi.npy"][max(0, -r), max(0, -c)] == image[max(r, 0), max(c, 0)]
+    assert checked > 400
+
+
+def test_masks_match_polygons(extracted):
+    _, root, _, _, _, tasks, _ = extracted
+    checked = 0
+    for task in tasks:
+        if not len(task.cells):
+            continue
+        ids, kinds, polys = read_tile_polygons(root / "geometry", task.tile)
+        folder = Path(task.out_dir)
+        for s in wds.WebDataset(sorted(str(p) for p in folder.glob("shard-*.tar")), shardshuffle=False).decode():
+            meta, mask = s["json"], s["mask.npy"]
+            if meta["flags"]:
+                continue
+            r, c = meta["origin_px"]
+            own = ids == meta["cell_id"]
+            nucleus = shapely.union_all(polys[own & (kinds == "nucleus")])
+            cell = polys[own & (kinds == "cell")][0]
+            rim = shapely.length(nucleus) + 4  # a pixel's rim around the outline
+            assert abs((mask == MASK_NUCLEUS).sum() - shapely.area(nucleus)) <= rim
+            peri_poly = shapely.difference(cell, nucleus)
+            assert abs((mask == MASK_PERINUCLEAR).sum() - shapely.area(peri_poly)) <= rim + shapely.length(cell)
+            # Nucleus and perinuclear are disjoint by construction; no neighbour's nucleus is in either:
+            others = shapely.union_all(polys[~own & (kinds == "nucleus")])
+            yy, xx = np.nonzero(mask > 0)
+            inside_other = shapely.contains_xy(others, xx + c + 0.5, yy + r + 0.5)
+            assert not inside_other.any()
+            checked += 1
+    assert checked > 400
+
+
+def test_rerun_gives_the_same_samples(extracted, tmp_path):
+    bundle, root, manifest, store, labels, tasks, _ = extracted
+    again = _tasks(manifest, store, root, labels, tmp_path)
+    for a, b in zip(tasks[:20], again[:20], strict=True):
+        extract_tile(b)
+        ia, ib = Path(a.out_dir), Path(b.out_dir)
+        assert (ia / INDEX).exists() == (ib / INDEX).exists()
+        for shard in ia.glob("shard-*.tar"):
+            assert shard.read_bytes() == (ib / shard.name).read_bytes()
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, pickle, signal, sys
+    from xenium_assets.patches import shards
+    from xenium_assets.patches.extract import extract_tile
+    task = pickle.load(open(sys.argv[1], "rb"))
+    original, written = shards.TileShardWriter.write, []
+    def write(self, *args, **kwargs):
+        if len(written) == 5:
+            os.kill(os.getpid(), signal.SIGKILL)  # die mid-tile, mid-shard: no cleanup code runs
+        written.append(1)
+        return original(self, *args, **kwargs)
+    shards.TileShardWriter.write = write
+    extract_tile(task)
+    """
+)
+
+
+def test_killed_worker_leaves_no_half_written_shard(extracted, tmp_path):
+    import dataclasses
+    import pickle
+
+    _, root, manifest, store, labels, tasks, _ = extracted
+    task = max(tasks, key=lambda t: len(t.cells))
+    task = dataclasses.replace(task, out_dir=str(tmp_path / task.tile), max_per_shard=2)
+    (tmp_path / "task.pkl").write_bytes(pickle.dumps(task))
+    (tmp_path / "killer.py").write_text(KILLER)
+    proc = subprocess.run([sys.executable, str(tmp_path / "killer.py"), str(tmp_path / "task.pkl")], timeout=120)
+    assert proc.returncode == -9
+    folder = Path(task.out_dir)
+    published = sorted(folder.glob("shard-*.tar"))
+    assert len(published) == 2 and not (folder / INDEX).exists()
+    for shard in published:  # what carries a final name is complete
+        assert len(list(wds.WebDataset(str(shard), shardshuffle=False))) == 2
+    assert list(folder.glob(".shard-*"))  # the interrupted tar kept its temporary name
+    extract_tile(task)
+    assert not list(folder.glob(".shard-*"))
+    index = pq.read_table(folder / INDEX).to_pandas()
+    assert len(index) == len(task.cells) and len(list(folder.glob("shard-*.tar"))) == -(-len(task.cells) // 2)
+    keys = [
+        s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in folder.glob("shard-*.tar")), shardshuffle=False)
+    ]
+    assert keys == list(index["key"])
+
+
+@needs_shared
+def test_real_bundle_is_resampled_to_the_target_pixel_size(tmp_path):
+    """The Jurkat/Raji crop (1.69 µm/px, origin 1000,1000 µm) gives 20 µm patches at 0.2125 µm/px."""
+    manifest, store = _prepare(
+        JURKAT, tmp_path, "jurkat", pixel_size_um=JURKAT_PIXEL_SIZE, image_origin_um=JURKAT_ORIGIN
+    )
+    assert store.resampled and store.shape == (1882, 1882)
+    cells = pq.read_table(tmp_path / "geometry" / CELLS).to_pandas()
+    labels = pd.DataFrame(
+        {
+            "sample": "jurkat",
+            "cell_id": cells["cell_id"],
+            "label": "cell",
+            "confidence": 1.0,
+            "excluded_reason": "",
+            "label_version": "v",
+        }
+    )
+    results = [extract_tile(t) for t in _tasks(manifest, store, tmp_path, labels, tmp_path / "shards")]
+    skipped = pd.DataFrame([r["skipped"] for r in results]).sum()
+    assert skipped.get("off_image", 0) >= 18  # the cells raw_bundle found off the cropped image
+    samples = _samples(tmp_path / "shards")
+    assert len(samples) + int(skipped.sum()) == 526
+    assert all("resampled" in s["json"]["flags"] for s in samples)
+    # Alignment: nuclei are brighter inside their own nucleus mask than in their perinuclear ring.
+    brighter = [s["dapi.npy"][s["mask.npy"] == 1].mean() > s["dapi.npy"][s["mask.npy"] == 2].mean() for s in samples]
+    assert np.mean(brighter) > 0.8
