@@ -10,12 +10,15 @@ from dagster import Definitions, define_asset_job
 from xenium_assets.defs.cell_labels import cell_labels
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
+from xenium_assets.defs.evaluation_report import beats_majority_baseline, evaluation_report
 from xenium_assets.defs.partitions import sample_tile_partitions
 from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.defs.tile_geometry import tile_geometry
+from xenium_assets.defs.tracking import EXPERIMENT, mlflow_tracking, tracking_uri
+from xenium_assets.defs.trained_model import trained_model
 from xenium_assets.paths import default_data_dir
 
 PATCH_SHARDS_JOB = "patch_shards_job"
@@ -24,7 +27,17 @@ PATCH_SHARDS_JOB = "patch_shards_job"
 def build_definitions(data_dir: Path) -> Definitions:
     """All definitions, with the project's data in ``data_dir``."""
     return Definitions(
-        assets=[raw_bundle, qc_adata, cell_labels, dapi_zarr, tile_geometry, patch_shards],
+        assets=[
+            raw_bundle,
+            qc_adata,
+            cell_labels,
+            dapi_zarr,
+            tile_geometry,
+            patch_shards,
+            trained_model,
+            evaluation_report,
+        ],
+        asset_checks=[beats_majority_baseline],
         jobs=[
             # All tiles of a sample (or a range of (sample, tile) keys) in one run.
             define_asset_job(PATCH_SHARDS_JOB, selection=[patch_shards], partitions_def=sample_tile_partitions),
@@ -33,6 +46,9 @@ def build_definitions(data_dir: Path) -> Definitions:
             "project": ProjectResource(data_dir=str(data_dir)),
             "dask": DaskResource(),
             "patches": PatchGeometry(),
+            "mlflow": mlflow_tracking.configured(
+                {"experiment_name": EXPERIMENT, "mlflow_tracking_uri": tracking_uri(data_dir)}
+            ),
         },
     )
 

@@ -67,34 +67,40 @@ def run_demo(
                 path = mat.metadata["path"].value if "path" in mat.metadata else ""
                 summary.append(f"{label} {name}: {path}")
 
+    graph = defs.resolve_asset_graph()
+    per_tile_keys = {a.key for a in assets if a.partitions_def == sample_tile_partitions}
     per_sample = [a for a in assets if a.partitions_def == sample_partitions]
     unpartitioned = [a for a in assets if a.partitions_def is None]
-    per_tile = [a for a in assets if a.partitions_def == sample_tile_partitions]
-    for key in keys:
-        echo(f"materializing {', '.join(a.key.to_user_string() for a in per_sample)} for {key}")
+    after_tiles = [a for a in unpartitioned if graph.get_ancestor_asset_keys(a.key) & per_tile_keys]
+    before_tiles = [a for a in unpartitioned if a not in after_tiles]
+    everything = [*assets, *(defs.asset_checks or [])]
+
+    def run_selection(selection: list, label: str) -> None:
+        echo(f"materializing {', '.join(a.key.to_user_string() for a in selection)} for {label}")
         report(
             materialize(
-                assets,
-                selection=per_sample,
-                partition_key=key,
+                everything,
+                selection=selection,
                 instance=instance,
                 resources=resources,
                 run_config=QUIET,
+                partition_key=label if label in keys else None,
             ),
-            key,
+            label,
         )
-    if unpartitioned:
-        echo(f"materializing {', '.join(a.key.to_user_string() for a in unpartitioned)} across samples")
-        report(
-            materialize(assets, selection=unpartitioned, instance=instance, resources=resources, run_config=QUIET),
-            "all samples",
-        )
-    if per_tile:
+
+    for key in keys:
+        run_selection(per_sample, key)
+    if before_tiles:
+        run_selection(before_tiles, "all samples")
+    if per_tile_keys:
         job = defs.resolve_job_def(PATCH_SHARDS_JOB)
         tiles = tile_partitions.get_partition_keys()
         for key in keys:
             echo(f"materializing patch_shards for all {len(tiles)} tiles of {key} (one run)")
             tags = {RANGE_START: f"{key}|{tiles[0]}", RANGE_END: f"{key}|{tiles[-1]}"}
             report(job.execute_in_process(instance=instance, tags=tags, run_config=QUIET), key)
+    if after_tiles:
+        run_selection(after_tiles, "all samples")
     summary.append(f"Dagster runs are in {instance.root_directory}; browse them with `make dev`.")
     return summary

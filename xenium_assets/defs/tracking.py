@@ -1,0 +1,41 @@
+"""MLflow tracking through dagster-mlflow, with the experiment's artifacts kept beside its store.
+
+dagster-mlflow's resource creates a missing experiment with MLflow's default artifact location,
+./mlruns relative to wherever the process runs. Creating the experiment first, with its artifacts
+under the project's data folder, keeps everything the project writes in data/.
+"""
+
+from pathlib import Path
+
+from dagster import InitResourceContext, resource
+from dagster_mlflow.resources import CONFIG_SCHEMA, MlFlow
+
+EXPERIMENT = "xenium-assets"
+REGISTERED_MODEL = "xenium-dapi-classifier"
+
+
+def tracking_uri(data_dir: Path) -> str:
+    """The embedded default: a SQLite store under data/mlflow (MLflow 3 refuses plain file stores)."""
+    return f"sqlite:///{Path(data_dir).resolve() / 'mlflow' / 'mlflow.db'}"
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create the experiment (artifacts in <store folder>/artifacts) unless it exists; returns its id."""
+    from mlflow.tracking import MlflowClient
+
+    artifacts = None
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        artifacts = (folder / "artifacts").as_uri()
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name, artifact_location=artifacts)
+
+
+@resource(config_schema=CONFIG_SCHEMA, description="dagster-mlflow tracking, artifacts kept beside the store.")
+def mlflow_tracking(init_context: InitResourceContext) -> MlFlow:
+    config = init_context.resource_config
+    if config.get("mlflow_tracking_uri"):
+        ensure_experiment(config["mlflow_tracking_uri"], config["experiment_name"])
+    return MlFlow(init_context)

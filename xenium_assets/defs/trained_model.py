@@ -1,0 +1,160 @@
+"""``trained_model``: the DAPI classifier, trained on all shards with spatial splits, tracked in MLflow."""
+
+import time
+from typing import Literal
+
+import numpy as np
+from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
+from dagster_mlflow import end_mlflow_on_run_finished
+
+from xenium_assets.atomic import write_json
+from xenium_assets.defs.metadata import counts_table, frame_table, image
+from xenium_assets.defs.partitions import SAMPLES
+from xenium_assets.defs.patch_shards import patch_shards
+from xenium_assets.defs.tracking import REGISTERED_MODEL
+from xenium_assets.training.data import DataConfig
+from xenium_assets.training.report import learning_curves_figure
+from xenium_assets.training.run import TrainingError, train_model
+from xenium_assets.training.splits import SplitConfig
+from xenium_assets.training.train import TrainConfig
+
+LATEST = "latest.json"
+MLFLOW_UI = "http://127.0.0.1:5000"
+
+
+class TrainModelConfig(Config):
+    """Small and fast by default (CPU, a few minutes on the demo); full-size training is a config change."""
+
+    backbone: str = "resnet10t"
+    """Any timm model name; weights are never downloaded."""
+    checkpoint: str | None = None
+    """A local timm checkpoint to start from."""
+    representation: Literal["dapi", "dapi_masks", "masked_dapi"] = "dapi_masks"
+    input_px: int = 64
+    batch_size: int = 64
+    max_epochs: int = 8
+    patience: int = 3
+    lr: float = 2e-3
+    balance: Literal["weighted_loss", "undersample", "none"] = "weighted_loss"
+    augment: bool = True
+    blur: bool = False
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    holdout_sample: str | None = None
+    """Hold this whole sample out as the test set."""
+    min_class_cells: int = 20
+    num_workers: int = 2
+    seed: int = 0
+
+
+def sample_shard_dirs(context: AssetExecutionContext, project) -> dict:
+    """Samples whose patch shards exist, by key."""
+    keys = context.instance.get_dynamic_partitions(SAMPLES)
+    dirs = {k: project.paths.asset_dir(k, "patch_shards") for k in keys}
+    return {k: d for k, d in dirs.items() if any(d.glob("*/index.parquet"))}
+
+
+@asset(
+    deps=[patch_shards],
+    group_name="model",
+    kinds={"pytorch", "mlflow"},
+    required_resource_keys={"project", "mlflow"},
+    hooks={end_mlflow_on_run_finished},
+    pool="train",
+    description="A timm backbone in a Lightning module, trained on every sample's shards with whole tiles as "
+    "the unit of the train / validation / test split; parameters, curves, checkpoint, label version and shard "
+    "list in MLflow, and a registered model version.",
+)
+def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> MaterializeResult:
+    import mlflow
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    project = context.resources.project
+    tracking = context.resources.mlflow
+    dirs = sample_shard_dirs(context, project)
+    if not dirs:
+        raise Failure("no patch shards: materialize patch_shards first", allow_retries=False)
+    run = mlflow.active_run()
+    out = project.paths.data_dir / "models" / run.info.run_id
+    data = DataConfig(
+        input_px=config.input_px,
+        representation=config.representation,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        augment=config.augment,
+        blur=config.blur,
+        balance=config.balance,
+    )
+    train = TrainConfig(
+        backbone=config.backbone,
+        checkpoint=config.checkpoint,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        lr=config.lr,
+        seed=config.seed,
+    )
+    split = SplitConfig(
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        holdout_sample=config.holdout_sample,
+        seed=config.seed,
+    )
+    tracking.log_params({**config.model_dump(), "samples": ",".join(sorted(dirs))})
+    logger = MLFlowLogger(run_id=run.info.run_id, tracking_uri=mlflow.get_tracking_uri())
+    start = time.perf_counter()
+    try:
+        model = train_model(
+            dirs,
+            out,
+            data=data,
+            train=train,
+            split=split,
+            min_class_cells=config.min_class_cells,
+            loggers=[logger],
+            report=context.log.info,
+        )
+    except TrainingError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    seconds = time.perf_counter() - start
+    tracking.set_tags({"label_version": ",".join(model.label_versions)})
+    tracking.log_metric("best_val_macro_f1", model.fit.best_val_macro_f1)
+    for name in ("model.json", "split.parquet", "history.csv", model.fit.checkpoint.name):
+        tracking.log_artifact(str(out / name), artifact_path="model")
+    (out / "shards.txt").write_text("\n".join(model.shards) + "\n")
+    tracking.log_artifact(str(out / "shards.txt"), artifact_path="model")
+    from xenium_assets.training.model import CellClassifier
+
+    module = CellClassifier.load_from_checkpoint(model.fit.checkpoint, map_location="cpu").eval()
+    example = np.zeros((1, module.hparams.in_chans, config.input_px, config.input_px), dtype=np.float32)
+    logged = mlflow.pytorch.log_model(
+        module.model, name="classifier", input_example=example, registered_model_name=REGISTERED_MODEL
+    )
+    version = getattr(logged, "registered_model_version", None)
+    write_json(
+        project.paths.data_dir / "models" / LATEST,
+        {
+            "folder": str(out),
+            "mlflow_run_id": run.info.run_id,
+            "registered_model_version": version,
+            "dagster_run_id": context.run_id,
+        },
+    )
+    run_url = f"{MLFLOW_UI}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    return MaterializeResult(
+        metadata={
+            "path": MetadataValue.path(str(out)),
+            "mlflow_run": MetadataValue.url(run_url),
+            "mlflow_run_id": run.info.run_id,
+            "registered_model": f"{REGISTERED_MODEL} v{version}",
+            "label_version": ", ".join(model.label_versions),
+            "classes": ", ".join(model.classes),
+            "dropped_classes": counts_table(model.dropped_classes, "class", "patches"),
+            "split": split.describe(),
+            "patches_per_split": frame_table(model.split_counts, "label"),
+            "best_val_macro_f1": model.fit.best_val_macro_f1,
+            "epochs": model.fit.epochs,
+            "accelerator": model.fit.accelerator,
+            "seconds": round(seconds, 1),
+            "learning_curves": image(learning_curves_figure(model.fit.history), "learning curves"),
+        }
+    )
