@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export XENIUM_ASSETS_DATA := $(CURDIR)/data
 export DAGSTER_HOME := $(CURDIR)/data/dagster_home
 
-.PHONY: demo test bench dev install clean
+.PHONY: demo test bench dev mlflow install clean
 
 install: $(STAMP)
 
@@ -36,5 +36,10 @@ bench: $(STAMP)
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
 
+# The MLflow UI on the project's embedded store (http://127.0.0.1:5000).
+mlflow: $(STAMP)
+	mkdir -p data/mlflow
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
 clean:
-	rm -rf data/dagster_home data/samples data/demo
+	rm -rf data/dagster_home data/samples data/demo data/labels data/models data/reports data/mlflow

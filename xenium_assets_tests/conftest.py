@@ -71,3 +71,56 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("XENIUM_ASSETS_DATA", str(data))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     yield data
+
+
+def truth_labels(bundle: Path, sample: str):
+    """A labels table from the generator's ground truth (tests of later stages need no clustering)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from xenium_assets.synth import truth_paths
+
+    truth = pq.read_table(truth_paths(bundle)[0]).to_pandas()
+    return pd.DataFrame(
+        {
+            "sample": sample,
+            "cell_id": truth["cell_id"],
+            "label": truth["label"],
+            "confidence": 1.0,
+            "excluded_reason": "",
+            "label_version": "truth-1",
+        }
+    )
+
+
+def build_shards(bundle: Path, root: Path, sample: str, labels=None) -> Path:
+    """raw manifest -> DAPI store -> tile geometry -> shards of every tile; returns the shards folder."""
+    import pyarrow.parquet as pq
+
+    from xenium_assets.bundle.manifest import write_manifest
+    from xenium_assets.bundle.validate import inspect_bundle
+    from xenium_assets.parallel import thread_runner
+    from xenium_assets.patches.dapi_store import transcode_dapi
+    from xenium_assets.patches.extract import extract_tile, tile_tasks
+    from xenium_assets.patches.geometry import split_by_tile
+    from xenium_assets.patches.grid import TILE_KEYS, PatchSpec
+
+    spec = PatchSpec()
+    manifest = write_manifest(inspect_bundle(bundle), sample, root / "raw")
+    store = transcode_dapi(manifest, root / "dapi", spec.pixel_size_um, thread_runner(2))
+    split_by_tile(manifest, store, spec, root / "geometry")
+    problems = pq.read_table(manifest.cell_problems).to_pandas()
+    labels = truth_labels(bundle, sample) if labels is None else labels
+    tasks = tile_tasks(
+        sample,
+        store,
+        root / "geometry",
+        problems[problems["kind"] == "invalid"],
+        labels,
+        list(TILE_KEYS),
+        root / "shards",
+        spec,
+    )
+    for task in tasks:
+        extract_tile(task)
+    return root / "shards"

@@ -93,7 +93,7 @@ def test_dagster_asset_materialize_from_a_shell(project, bundles):
 
 def test_demo_end_to_end(project):
     result = _run(
-        [str(Path(sys.executable).parent / "xenium-assets"), "demo", "--cells", "250", "--size", "1024"], project
+        [str(Path(sys.executable).parent / "xenium-assets"), "demo", "--cells", "400", "--size", "1024"], project
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ("demo_a", "demo_b"):
@@ -104,11 +104,16 @@ def test_demo_end_to_end(project):
     for key in ("demo_a", "demo_b"):
         assert f"{key} patch_shards:" in result.stdout
         assert len(list((project / "samples" / key / "patch_shards").glob("*/index.parquet"))) == 64
+    assert "all samples trained_model:" in result.stdout and "all samples evaluation_report:" in result.stdout
+    assert "all samples check beats_majority_baseline:" in result.stdout
+    assert list((project / "reports").glob("*/report.html"))
     instance = DagsterInstance.get()
-    # per sample: one run of its per-sample assets and one of all its tiles; one run for the labels
-    assert len(instance.get_runs()) == 5
+    # per sample: one run of its per-sample assets and one of all its tiles; labels; model and report
+    assert len(instance.get_runs()) == 6
     assert sorted(instance.get_dynamic_partitions(SAMPLES)) == ["demo_a", "demo_b"]
-    again = _run(
-        [str(Path(sys.executable).parent / "xenium-assets"), "demo", "--cells", "250", "--size", "1024"], project
-    )
-    assert again.returncode == 0 and "generating" not in again.stdout  # bundles are made once
+    from xenium_assets.defs.demo import register_demo_bundles
+    from xenium_assets.paths import ProjectPaths
+
+    said: list[str] = []
+    register_demo_bundles(ProjectPaths(project), instance, n_cells=250, size=1024, echo=said.append)
+    assert said == []  # the bundles exist: made once, registered once

@@ -40,6 +40,8 @@ def test_definitions_load():
         "dapi_zarr": ("patches", SAMPLES),
         "tile_geometry": ("patches", SAMPLES),
         "patch_shards": ("patches", None),
+        "trained_model": ("model", None),
+        "evaluation_report": ("model", None),
     }
     tiles = defs.resolve_assets_def("patch_shards").partitions_def
     assert [d.name for d in tiles.partitions_defs] == ["sample", "tile"]
@@ -212,4 +214,62 @@ def test_patch_shards_for_all_tiles_of_a_sample_in_one_run(project, bundles):
     assert meta["path"].value == str(project / "samples" / "s1" / "patch_shards")
     assert len(list((project / "samples" / "s1" / "patch_shards").glob("*/index.parquet"))) == 64
     assert patch_shards.backfill_policy is not None
+    instance.dispose()
+
+
+def test_training_and_report_are_tracked_in_mlflow(project, bundles):
+    """trained_model and evaluation_report in one run, on shards of one sample, with a real MLflow store."""
+    from mlflow.tracking import MlflowClient
+
+    from xenium_assets.defs.evaluation_report import beats_majority_baseline, evaluation_report
+    from xenium_assets.defs.tracking import EXPERIMENT, REGISTERED_MODEL, mlflow_tracking, tracking_uri
+    from xenium_assets.defs.trained_model import trained_model
+    from xenium_assets_tests.conftest import build_shards
+
+    bundle = bundles("3", seed=31, n_cells=1500, width=2048, height=2048)
+    sample_dir = project / "samples" / "s1"
+    build_shards(bundle, sample_dir / "work", "s1")
+    (sample_dir / "work" / "shards").rename(sample_dir / "patch_shards")
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions(SAMPLES, ["s1"])
+    uri = tracking_uri(project)
+    resources = {
+        **_resources(project),
+        "mlflow": mlflow_tracking.configured({"experiment_name": EXPERIMENT, "mlflow_tracking_uri": uri}),
+    }
+    config = {**QUIET, "ops": {"trained_model": {"config": {"max_epochs": 3, "patience": 3}}}}
+    result = materialize(
+        [trained_model, evaluation_report, beats_majority_baseline],
+        instance=instance,
+        resources=resources,
+        run_config=config,
+    )
+    assert result.success
+    model = _meta(instance, "trained_model")
+    report = _meta(instance, "evaluation_report")
+    for key in (
+        "test_macro_f1",
+        "test_macro_f1_ci_low",
+        "test_macro_f1_ci_high",
+        "majority_macro_f1",
+        "morphology_macro_f1",
+        "permutation_p_value",
+    ):
+        assert isinstance(report[key].value, float), key
+    assert isinstance(report["n_test_cells"].value, int) and report["n_test_cells"].value > 100
+    assert isinstance(report["signal_detected"].value, bool) and isinstance(report["beats_morphology"].value, bool)
+    assert report["split"].value.startswith("spatial")
+    assert (project / "reports" / model["mlflow_run_id"].value / "report.html").exists()
+    assert model["mlflow_run"].value.endswith(model["mlflow_run_id"].value)
+    client = MlflowClient(uri)
+    run = client.get_run(model["mlflow_run_id"].value)
+    assert run.data.params["backbone"] == "resnet10t" and "label_version" in run.data.tags
+    assert len(client.get_metric_history(run.info.run_id, "val_macro_f1")) == 3  # per-epoch curves
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/best.ckpt", "model/model.json", "model/split.parquet", "model/shards.txt"} <= artifacts
+    assert "report_test_macro_f1" in run.data.metrics
+    assert client.get_latest_versions(REGISTERED_MODEL)[0].run_id == run.info.run_id
+    check = result.get_asset_check_evaluations()[0]
+    assert check.check_name == "beats_majority_baseline"
+    assert check.passed == (report["test_macro_f1_ci_low"].value > report["majority_macro_f1"].value)
     instance.dispose()

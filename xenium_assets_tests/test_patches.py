@@ -23,24 +23,13 @@ from xenium_assets.patches.dapi_store import transcode_dapi
 from xenium_assets.patches.extract import MASK_NUCLEUS, MASK_PERINUCLEAR, TileTask, extract_tile, tile_tasks
 from xenium_assets.patches.geometry import CELLS, read_tile_polygons, split_by_tile
 from xenium_assets.patches.shards import INDEX, read_index
-from xenium_assets.synth import truth_paths
-from xenium_assets_tests.conftest import JURKAT, JURKAT_ORIGIN, JURKAT_PIXEL_SIZE, needs_shared
+from xenium_assets_tests.conftest import JURKAT, JURKAT_ORIGIN, JURKAT_PIXEL_SIZE, needs_shared, truth_labels
 
 SPEC = grid.PatchSpec()
 
 
 def _labels_from_truth(bundle: Path, sample: str) -> pd.DataFrame:
-    truth = pq.read_table(truth_paths(bundle)[0]).to_pandas()
-    labels = pd.DataFrame(
-        {
-            "sample": sample,
-            "cell_id": truth["cell_id"],
-            "label": truth["label"],
-            "confidence": 0.9,
-            "excluded_reason": "",
-            "label_version": "truth-1",
-        }
-    )
+    labels = truth_labels(bundle, sample).assign(confidence=0.9)
     labels.loc[labels.index[::50], "excluded_reason"] = "low_confidence"  # some cells are excluded
     return labels.iloc[:-10]  # and the last ten have no label (as if removed by QC)
 

@@ -58,6 +58,14 @@ def run_demo(
     summary: list[str] = []
 
     def report(result, label: str) -> None:
+        """Summarise a run: what it wrote, and its checks. A failed asset stops the demo; a failed
+        check (e.g. a model no better than the majority class) is reported, not raised."""
+        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        checks = result.get_asset_check_evaluations()
+        check_steps = {f"{c.asset_key.to_python_identifier()}_{c.check_name}" for c in checks}
+        broken = [e for e in failures if e.step_key not in check_steps]
+        if broken:
+            raise RuntimeError(f"{label}: {broken[0].step_key} failed: {broken[0].step_failure_data.error.message}")
         seen = set()
         for event in result.get_asset_materialization_events():
             mat = event.materialization
@@ -66,6 +74,8 @@ def run_demo(
                 seen.add(name)
                 path = mat.metadata["path"].value if "path" in mat.metadata else ""
                 summary.append(f"{label} {name}: {path}")
+        for check in checks:
+            summary.append(f"{label} check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
 
     graph = defs.resolve_asset_graph()
     per_tile_keys = {a.key for a in assets if a.partitions_def == sample_tile_partitions}
@@ -85,6 +95,7 @@ def run_demo(
                 resources=resources,
                 run_config=QUIET,
                 partition_key=label if label in keys else None,
+                raise_on_error=False,
             ),
             label,
         )

@@ -44,6 +44,16 @@ class TrainedModel:
     shards: list[str]
 
 
+def select_classes(index: pd.DataFrame, min_cells: int) -> tuple[list[str], dict[str, int]]:
+    """Classes with at least ``min_cells`` patches, and the left-out ones with their counts."""
+    counts = index["label"].value_counts()
+    dropped = {c: int(n) for c, n in counts.items() if n < min_cells}
+    classes = sorted(c for c in counts.index if c not in dropped)
+    if len(classes) < 2:
+        raise TrainingError(f"fewer than 2 classes with >= {min_cells} patches ({counts.to_dict()})")
+    return classes, dropped
+
+
 def _datamodule(
     index: pd.DataFrame, assignment: pd.DataFrame, classes: list[str], percentiles: dict, data: DataConfig, seed: int
 ) -> PatchDataModule:
@@ -65,11 +75,7 @@ def train_model(
     index, percentiles = load_index(sample_dirs)
     if index.empty:
         raise TrainingError("no patch shards: materialize patch_shards first")
-    counts = index["label"].value_counts()
-    dropped = {c: int(n) for c, n in counts.items() if n < min_class_cells}
-    classes = sorted(c for c in counts.index if c not in dropped)
-    if len(classes) < 2:
-        raise TrainingError(f"fewer than 2 classes with >= {min_class_cells} patches ({counts.to_dict()})")
+    classes, dropped = select_classes(index, min_class_cells)
     index = index[index["label"].isin(classes)]
     assignment = spatial_split(index, classes, split)
     datamodule = _datamodule(index, assignment, classes, percentiles, data, train.seed)

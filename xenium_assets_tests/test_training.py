@@ -1,0 +1,153 @@
+"""Training and evaluation: spatial splits, streaming data, and the honest answer on synthetic slides."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from xenium_assets.training.data import DataConfig, PatchDataModule, augment, load_index, shard_splits, to_input
+from xenium_assets.training.evaluate import bootstrap, confusion, permutation_p_value, scores
+from xenium_assets.training.run import TrainingError, evaluate_model, select_classes, train_model
+from xenium_assets.training.splits import SplitConfig, spatial_split, split_summary
+from xenium_assets.training.train import TrainConfig, predict
+from xenium_assets_tests.conftest import build_shards
+
+LARGE = dict(n_cells=1500, width=2048, height=2048)
+FAST = TrainConfig(max_epochs=8, patience=8)
+
+
+@pytest.fixture(scope="module")
+def two_slides(bundles, tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    return {
+        name: build_shards(bundles(version, seed=seed, **LARGE), root / name, name)
+        for name, version, seed in (("a", "3", 31), ("b", "4", 32))
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(two_slides, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    model = train_model(two_slides, out / "model", train=FAST)
+    ev, report, test = evaluate_model(model.folder, two_slides, out / "report")
+    return model, ev, test, out
+
+
+def test_spatial_split_keeps_tiles_whole_and_classes_present(two_slides):
+    index, _ = load_index(two_slides)
+    classes = sorted(index["label"].unique())
+    assignment = spatial_split(index, classes, SplitConfig())
+    assert not assignment.duplicated(["sample", "tile"]).any()
+    table = split_summary(index, assignment)
+    assert (table > 0).all().all(), table  # every class in every split
+    fractions = table.sum() / table.to_numpy().sum()
+    assert 0.1 < fractions["test"] < 0.35 and 0.05 < fractions["val"] < 0.3
+    held = spatial_split(index, classes, SplitConfig(holdout_sample="b"))
+    assert set(held.loc[held["split"] == "test", "sample"]) == {"b"}
+    assert set(held.loc[held["sample"] == "b", "split"]) == {"test"}
+    with pytest.raises(ValueError, match="holdout sample 'zz' has no shards"):
+        spatial_split(index, classes, SplitConfig(holdout_sample="zz"))
+
+
+def test_datamodule_streams_every_test_cell_once(two_slides):
+    index, percentiles = load_index(two_slides)
+    classes = sorted(index["label"].unique())
+    assignment = spatial_split(index, classes, SplitConfig())
+    splits = shard_splits(index, assignment)
+    for representation, channels in (("dapi", 1), ("dapi_masks", 3), ("masked_dapi", 1)):
+        dm = PatchDataModule(splits, classes, percentiles, DataConfig(representation=representation, batch_size=32))
+        x, y, keys = next(iter(dm.train_dataloader()))
+        assert x.shape == (32, channels, 64, 64) and x.dtype == torch.float32 and y.shape == (32,)
+    keys = [k for _, _, batch in dm.test_dataloader() for k in batch]
+    assert sorted(keys) == sorted(index.merge(assignment).query("split == 'test'")["key"])
+    assert dm.class_weights() is not None or dm.config.balance != "weighted_loss"
+
+
+def test_undersampling_balances_the_training_stream(two_slides):
+    index, percentiles = load_index(two_slides)
+    classes = sorted(index["label"].unique())
+    splits = shard_splits(index, spatial_split(index, classes, SplitConfig()))
+    dm = PatchDataModule(splits, classes, percentiles, DataConfig(balance="undersample", batch_size=128))
+    seen = np.bincount(np.concatenate([y.numpy() for _, y, _ in dm.train_dataloader()]), minlength=len(classes))
+    available = np.array([splits.class_counts["train"][c] for c in classes])
+    assert available.max() / available.min() > 1.3  # the source is unbalanced ...
+    assert seen.max() / seen.min() < 1.3  # ... the stream is not
+    assert dm.class_weights() is None
+
+
+def test_rare_classes_are_left_out():
+    index = pd.DataFrame({"label": ["a"] * 30 + ["b"] * 25 + ["c"] * 5})
+    classes, dropped = select_classes(index, 20)
+    assert classes == ["a", "b"] and dropped == {"c": 5}
+    with pytest.raises(TrainingError, match="fewer than 2 classes with >= 28 patches"):
+        select_classes(index, 28)
+
+
+def test_augmentation_moves_masks_with_the_image():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((96, 96), dtype=np.uint8)
+    mask[10:40, 20:70] = 1
+    mask[40:60, 20:70] = 2
+    dapi = (mask == 1).astype(np.uint16) * 1000
+    x = to_input(dapi, mask, 0.0, 1000.0, "dapi_masks")
+    for seed in range(8):
+        out = augment(x, torch.Generator().manual_seed(seed + int(rng.integers(100))), blur=False)
+        bright = out[0] > 0.5
+        assert (bright == (out[1] > 0.5)).float().mean() > 0.99  # nucleus mask still over the bright nucleus
+        assert not ((out[1] > 0) & (out[2] > 0)).any()
+
+
+def test_scores_match_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(1)
+    y, p = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    s = scores(confusion(y, p, 4))
+    assert s["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+    assert s["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p))
+    low, high = bootstrap(y, p, 4)["macro_f1"]
+    assert low < s["macro_f1"] < high
+    assert permutation_p_value(y, p, 4) > 0.05  # random predictions carry no signal
+    assert permutation_p_value(y, y, 4) == pytest.approx(1 / 1001)
+
+
+def test_dapi_signal_is_detected_on_class_dependent_morphology(trained):
+    model, ev, test, out = trained
+    assert ev.signal_detected, (ev.cnn, ev.cnn_ci, ev.majority, ev.permutation_p)
+    # At least as good as the morphology features: the morphology score is not above the CNN's interval.
+    assert ev.cnn_ci["macro_f1"][1] >= ev.morphology["macro_f1"], (ev.cnn, ev.cnn_ci, ev.morphology)
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["signal_detected"] is True and metrics["n_test_cells"] == len(test)
+    assert metrics["split"].startswith("spatial: whole tiles")
+    html = (out / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5 and "permutation p" in html
+    assert (out / "report" / "report.md").exists()
+
+
+def test_checkpoint_reproduces_the_reports_predictions(trained, two_slides):
+    model, _, test, _ = trained
+    card = json.loads((model.folder / "model.json").read_text())
+    index, percentiles = load_index(two_slides)
+    assignment = pd.read_parquet(model.folder / "split.parquet")
+    dm = PatchDataModule(
+        shard_splits(index[index["label"].isin(card["classes"])], assignment),
+        card["classes"],
+        percentiles,
+        DataConfig(**card["data"]),
+    )
+    again = predict(model.folder / card["checkpoint"], dm).set_index("key").loc[test["key"]]
+    np.testing.assert_array_equal(again["pred"].to_numpy(), test["pred"].to_numpy())
+
+
+def test_no_signal_is_claimed_on_a_null_slide(bundles, tmp_path):
+    slides = {
+        name: build_shards(bundles(version, seed=seed, null=True, **LARGE), tmp_path / name, name)
+        for name, version, seed in (("a", "3", 41), ("b", "4", 42))
+    }
+    model = train_model(slides, tmp_path / "model", train=TrainConfig(max_epochs=4, patience=4))
+    ev, _, _ = evaluate_model(model.folder, slides, tmp_path / "report")
+    assert not ev.signal_detected, (ev.cnn, ev.cnn_ci, ev.majority, ev.permutation_p)
