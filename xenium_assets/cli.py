@@ -183,6 +183,15 @@ def demo(n_cells: int, size: int) -> None:
         click.echo(line)
 
 
+def _print_figures(figures: dict, as_json: bool) -> None:
+    """A benchmark's figures, one per line, and optionally as one JSON object on the last line."""
+    width = max(map(len, figures))
+    for k, v in figures.items():
+        click.echo(f"{k:>{width}}: {v}")
+    if as_json:
+        click.echo(json.dumps(figures))
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks (slow; not part of the test suite)."""
@@ -199,10 +208,7 @@ def bench_synth(n_cells: int, size: int, version: str, out: Path | None, as_json
     from xenium_assets.bench import bench_synth as run
 
     figures = run(n_cells=n_cells, size=size, version=version, out=out)
-    for k, v in figures.items():
-        click.echo(f"{k:>24}: {v}")
-    if as_json:
-        click.echo(json.dumps(figures))
+    _print_figures(figures, as_json)
 
 
 @bench.command("patches")
@@ -244,10 +250,7 @@ def bench_patches(
         sample_cells=sample_cells,
         cache=cache,
     )
-    for k, v in figures.items():
-        click.echo(f"{k:>32}: {v}")
-    if as_json:
-        click.echo(json.dumps(figures))
+    _print_figures(figures, as_json)
 
 
 @bench.command("labels")
@@ -265,10 +268,7 @@ def bench_labels(h5: Path, resolution: float, as_json: bool) -> None:
     from xenium_assets.bench import bench_labels as run
 
     figures = run(h5=h5, resolution=resolution)
-    for k, v in figures.items():
-        click.echo(f"{k:>24}: {v}")
-    if as_json:
-        click.echo(json.dumps(figures))
+    _print_figures(figures, as_json)
 
 
 if __name__ == "__main__":

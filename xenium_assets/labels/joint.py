@@ -103,7 +103,7 @@ def finalise(
     sizes = label[reason == ""].value_counts()
     rare = sizes.index[sizes < min_class_cells]
     reason[(reason == "") & label.isin(rare)] = "rare_class"
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "sample": joint.obs["sample"].astype(str).to_numpy(),
             "cell_id": joint.obs["cell_id"].astype(str).to_numpy(),
@@ -113,6 +113,7 @@ def finalise(
             "label_version": version,
         }
     )
+    return table[list(LABEL_COLUMNS)]
 
 
 def label_version(method: str, params: dict, inputs: dict[str, str]) -> str:

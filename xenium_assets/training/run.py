@@ -19,7 +19,13 @@ import torch
 from xenium_assets.atomic import atomic_file, write_json
 from xenium_assets.training import report as figures
 from xenium_assets.training.data import DataConfig, PatchDataModule, iter_patches, load_index, shard_splits
-from xenium_assets.training.evaluate import Evaluation, evaluate, morphology_baseline, morphology_features
+from xenium_assets.training.evaluate import (
+    FEATURE_NAMES,
+    Evaluation,
+    evaluate,
+    morphology_baseline,
+    morphology_features,
+)
 from xenium_assets.training.splits import SplitConfig, spatial_split, split_summary
 from xenium_assets.training.train import FitResult, TrainConfig, fit, predict
 
@@ -201,8 +207,7 @@ def _build_report(
                 "predicting the majority class.",
                 f"- Does the CNN see more than simple morphology? **{more}**: the CNN's interval against "
                 f"{ev.morphology['macro_f1']:.3f} (interval {_fmt(ev.morphology_ci['macro_f1'])}) for a "
-                "logistic regression on nucleus area, cell area, eccentricity, solidity, DAPI mean/std, "
-                "surrounding DAPI and texture.",
+                f"logistic regression on {', '.join(n.replace('_', ' ') for n in FEATURE_NAMES)}.",
                 f"- Split: {card['split_description']}. Whole tiles go to one split, so neighbours of a test "
                 "cell are never trained on; a per-cell random split would overstate accuracy.",
                 f"- Labels: {', '.join(card['label_versions'])}; input: {card['data']['representation']} at "
