@@ -8,6 +8,7 @@ from pathlib import Path
 from dagster import Definitions, define_asset_job
 
 from xenium_assets.defs.cell_labels import cell_labels
+from xenium_assets.defs.checks import label_classes_above_minimum, qc_pass_fraction, shards_match_index
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
 from xenium_assets.defs.evaluation_report import beats_majority_baseline, evaluation_report
@@ -16,6 +17,8 @@ from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
+from xenium_assets.defs.schedules import retrain_schedule
+from xenium_assets.defs.sensors import automation_sensor, landing_sensor
 from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.defs.tracking import EXPERIMENT, mlflow_tracking, tracking_uri
 from xenium_assets.defs.trained_model import trained_model
@@ -37,7 +40,9 @@ def build_definitions(data_dir: Path) -> Definitions:
             trained_model,
             evaluation_report,
         ],
-        asset_checks=[beats_majority_baseline],
+        asset_checks=[qc_pass_fraction, label_classes_above_minimum, shards_match_index, beats_majority_baseline],
+        sensors=[landing_sensor, automation_sensor],
+        schedules=[retrain_schedule],
         jobs=[
             # All tiles of a sample (or a range of (sample, tile) keys) in one run.
             define_asset_job(PATCH_SHARDS_JOB, selection=[patch_shards], partitions_def=sample_tile_partitions),

@@ -39,6 +39,11 @@ class ProjectPaths:
         return self.data_dir / "samples"
 
     @property
+    def landing_dir(self) -> Path:
+        """Where new Xenium output folders are dropped for the landing sensor."""
+        return self.data_dir / "landing"
+
+    @property
     def labels_dir(self) -> Path:
         return self.data_dir / "labels"
 

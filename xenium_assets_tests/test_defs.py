@@ -143,17 +143,23 @@ def _meta(instance, key):
 def test_qc_and_labels_materialize_for_two_samples(project, bundles):
     import pyarrow.parquet as pq
 
+    from xenium_assets.defs.checks import label_classes_above_minimum, qc_pass_fraction
+
     instance = _register(project, bundles("3"), "s1")
     _register(project, bundles("4", seed=8), "s2")
     for key in ("s1", "s2"):
-        assert _materialize(instance, project, key, assets=(raw_bundle, qc_adata)).success
+        result = _materialize(instance, project, key, assets=(raw_bundle, qc_adata, qc_pass_fraction))
+        assert result.success
+        (check,) = result.get_asset_check_evaluations()
+        assert check.check_name == "qc_pass_fraction" and check.passed and check.partition == key
     qc = _meta(instance, "qc_adata")
     assert qc["n_cells_in"].value == 600 and 500 < qc["n_cells_out"].value < 600
     assert "min_transcripts" in qc["removed_by_reason"].value and "Genomic Control" in qc["control_features"].value
     assert qc["qc_plot"].value.startswith("![QC histograms](data:image/png;base64,")
     assert (project / "samples" / "s2" / "qc_adata" / "adata.h5ad").exists()
 
-    assert _materialize(instance, project, None, assets=(cell_labels,)).success
+    result = _materialize(instance, project, None, assets=(cell_labels, label_classes_above_minimum))
+    assert result.success and result.get_asset_check_evaluations()[0].passed
     meta = _meta(instance, "cell_labels")
     path = project / "labels" / "labels.parquet"
     assert meta["path"].value == str(path)
@@ -203,6 +209,8 @@ def test_patch_shards_for_all_tiles_of_a_sample_in_one_run(project, bundles):
     tags = {"dagster/asset_partition_range_start": "s1|r0c0", "dagster/asset_partition_range_end": "s1|r7c7"}
     result = job.execute_in_process(instance=instance, tags=tags, run_config=QUIET)
     assert result.success
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "shards_match_index" and check.passed, check.metadata
     done = instance.get_materialized_partitions(AssetKey("patch_shards"))
     assert done == {f"s1|{t}" for t in TILE_KEYS}
     meta = _meta(instance, "patch_shards")

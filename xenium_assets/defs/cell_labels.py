@@ -4,7 +4,16 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster import AssetExecutionContext, Config, DataVersion, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AutomationCondition,
+    Config,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from xenium_assets.atomic import atomic_file
 from xenium_assets.bundle.manifest import read_manifest
@@ -73,6 +82,7 @@ def _label(joint, config: LabelConfig, project: ProjectResource, samples: list[s
 
 
 @asset(
+    automation_condition=AutomationCondition.eager(),
     deps=[qc_adata],
     group_name="labels",
     kinds={"parquet"},

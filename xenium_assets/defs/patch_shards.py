@@ -7,6 +7,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
+    AutomationCondition,
     BackfillPolicy,
     Config,
     Failure,
@@ -68,6 +69,7 @@ def _tasks(
 
 
 @asset(
+    automation_condition=AutomationCondition.eager(),
     partitions_def=sample_tile_partitions,
     deps=[dapi_zarr, tile_geometry, cell_labels],
     backfill_policy=BackfillPolicy.single_run(),

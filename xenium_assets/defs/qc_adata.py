@@ -5,7 +5,16 @@ import json
 from dataclasses import asdict
 
 import anndata as ad
-from dagster import AssetExecutionContext, Config, DataVersion, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AutomationCondition,
+    Config,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from xenium_assets.atomic import atomic_file, write_json
 from xenium_assets.bundle.errors import BundleError
@@ -39,6 +48,7 @@ def read_qc_summary(folder) -> dict:
 
 
 @asset(
+    automation_condition=AutomationCondition.eager(),
     partitions_def=sample_partitions,
     deps=[raw_bundle],
     group_name="expression",

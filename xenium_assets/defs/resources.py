@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dagster import ConfigurableResource
 
 from xenium_assets.paths import ProjectPaths
@@ -12,12 +14,16 @@ class ProjectResource(ConfigurableResource):
     """The project's data folder (data/ by default; $XENIUM_ASSETS_DATA elsewhere)."""
 
     data_dir: str
+    landing_dir: str | None = None
+    """Folder the landing sensor watches (default: <data_dir>/landing)."""
 
     @property
     def paths(self) -> ProjectPaths:
-        from pathlib import Path
-
         return ProjectPaths(Path(self.data_dir).resolve())
+
+    @property
+    def landing(self) -> Path:
+        return Path(self.landing_dir).resolve() if self.landing_dir else self.paths.landing_dir
 
     @property
     def registry(self) -> SampleRegistry:

@@ -2,7 +2,7 @@
 
 import time
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AutomationCondition, Failure, MaterializeResult, MetadataValue, asset
 
 from xenium_assets.bundle.manifest import read_manifest
 from xenium_assets.defs.compute import PatchGeometry
@@ -15,6 +15,7 @@ from xenium_assets.progress import LogProgress
 
 
 @asset(
+    automation_condition=AutomationCondition.eager(),
     partitions_def=sample_partitions,
     deps=[dapi_zarr],
     group_name="patches",

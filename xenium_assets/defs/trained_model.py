@@ -1,5 +1,6 @@
 """``trained_model``: the DAPI classifier, trained on all shards with spatial splits, tracked in MLflow."""
 
+import hashlib
 import time
 from typing import Literal
 
@@ -47,6 +48,18 @@ class TrainModelConfig(Config):
     seed: int = 0
 
 
+def training_inputs(project) -> str:
+    """Fingerprint of what training reads: the label table and every tile's shard index (stat only)."""
+    paths = project.paths
+    files = [paths.labels_dir / "labels.parquet", *sorted(paths.samples_dir.glob("*/patch_shards/*/index.parquet"))]
+    h = hashlib.sha1()
+    for f in files:
+        if f.exists():
+            st = f.stat()
+            h.update(f"{f.relative_to(paths.data_dir)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
 def sample_shard_dirs(context: AssetExecutionContext, project) -> dict:
     """Samples whose patch shards exist, by key."""
     keys = context.instance.get_dynamic_partitions(SAMPLES)
@@ -74,6 +87,7 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
     dirs = sample_shard_dirs(context, project)
     if not dirs:
         raise Failure("no patch shards: materialize patch_shards first", allow_retries=False)
+    inputs = training_inputs(project)  # what the retrain schedule compares against
     run = mlflow.active_run()
     out = project.paths.data_dir / "models" / run.info.run_id
     data = DataConfig(
@@ -137,6 +151,7 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
             "mlflow_run_id": run.info.run_id,
             "registered_model_version": version,
             "dagster_run_id": context.run_id,
+            "inputs": inputs,
         },
     )
     run_url = f"{MLFLOW_UI}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"

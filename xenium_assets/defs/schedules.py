@@ -1,0 +1,37 @@
+"""Scheduled retraining: weekly by default, and only when shards or labels changed since the last model."""
+
+import json
+import os
+
+from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
+
+from xenium_assets.defs.evaluation_report import evaluation_report
+from xenium_assets.defs.resources import ProjectResource
+from xenium_assets.defs.trained_model import LATEST, trained_model, training_inputs
+
+CRON_ENV = "XENIUM_ASSETS_RETRAIN_CRON"
+DEFAULT_CRON = "0 3 * * 1"  # Mondays, 03:00
+TRAINING_TAG = "xenium-assets/training"
+
+
+def last_trained_on(project: ProjectResource) -> str | None:
+    latest = project.paths.data_dir / "models" / LATEST
+    return json.loads(latest.read_text()).get("inputs") if latest.exists() else None
+
+
+@schedule(
+    name="retrain_schedule",
+    cron_schedule=os.environ.get(CRON_ENV, DEFAULT_CRON),
+    target=[trained_model, evaluation_report],
+    tags={TRAINING_TAG: "true"},
+    default_status=DefaultScheduleStatus.RUNNING,
+    description=f"Retrains the model and its report on all samples (cron from ${CRON_ENV}, default weekly), "
+    "skipping when no shards or labels changed since the last model.",
+)
+def retrain_schedule(context: ScheduleEvaluationContext, project: ProjectResource) -> RunRequest | SkipReason:
+    current = training_inputs(project)
+    if not any(project.paths.samples_dir.glob("*/patch_shards/*/index.parquet")):
+        return SkipReason("no patch shards yet: nothing to train on")
+    if last_trained_on(project) == current:
+        return SkipReason("shards and labels unchanged since the last model: no retraining")
+    return RunRequest(run_key=f"retrain-{current[:16]}")

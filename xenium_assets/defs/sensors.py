@@ -1,0 +1,86 @@
+"""Sensors: new Xenium folders in the landing directory, and declarative automation downstream."""
+
+import json
+import os
+
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from xenium_assets.bundle.errors import BundleError
+from xenium_assets.bundle.validate import inspect_bundle
+from xenium_assets.defs.dapi_zarr import dapi_zarr
+from xenium_assets.defs.partitions import sample_partitions
+from xenium_assets.defs.qc_adata import qc_adata
+from xenium_assets.defs.raw_bundle import raw_bundle
+from xenium_assets.defs.resources import ProjectResource
+from xenium_assets.defs.tile_geometry import tile_geometry
+from xenium_assets.landing import LandingState, look
+
+PER_SAMPLE = [raw_bundle, qc_adata, dapi_zarr, tile_geometry]
+INTERVAL_ENV = "XENIUM_ASSETS_SENSOR_INTERVAL"
+"""Seconds between sensor evaluations (default 30; tests use less)."""
+
+
+def _interval() -> int:
+    return int(os.environ.get(INTERVAL_ENV, "30"))
+
+
+@sensor(
+    name="landing_sensor",
+    minimum_interval_seconds=_interval(),
+    default_status=DefaultSensorStatus.RUNNING,
+    target=PER_SAMPLE,
+    description="Registers each completely copied Xenium folder in data/landing (or the project's landing_dir) as a "
+    "sample and materializes its per-sample assets; the cursor makes each folder's content run once.",
+)
+def landing_sensor(context: SensorEvaluationContext, project: ProjectResource) -> SensorResult | SkipReason:
+    state = LandingState.from_json(json.loads(context.cursor) if context.cursor else None)
+    ready, state = look(project.landing, state)
+    cursor = json.dumps(state.to_json())
+    if not ready:
+        waiting = len(state.waiting)
+        reason = f"{waiting} folder(s) still being copied" if waiting else "no new bundle"
+        return SensorResult(skip_reason=SkipReason(reason), cursor=cursor)
+    registry = project.registry
+    keys, requests, broken = [], [], []
+    for folder in ready:
+        try:
+            inspect_bundle(folder)
+        except BundleError as exc:
+            broken.append(str(exc))
+            context.log.warning(f"skipped a broken bundle: {exc}")
+            continue
+        entry, _ = registry.register(folder)
+        keys.append(entry.key)
+        fingerprint = state.done[str(folder.resolve())]
+        requests.append(
+            RunRequest(
+                partition_key=entry.key,
+                run_key=f"{entry.key}:{fingerprint[:12]}",
+                tags={"xenium-assets/bundle": str(folder)},
+            )
+        )
+        context.log.info(f"new bundle {folder} -> sample {entry.key}")
+    return SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[sample_partitions.build_add_request(keys)] if keys else [],
+        cursor=cursor,
+        skip_reason=SkipReason("broken bundle(s): " + " | ".join(broken)) if broken and not requests else None,
+    )
+
+
+automation_sensor = AutomationConditionSensorDefinition(
+    "automation",
+    target=AssetSelection.all(),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=_interval(),
+    description="Evaluates the assets' automation conditions: labels and shards follow new samples by themselves.",
+)

@@ -1,0 +1,145 @@
+"""Landing sensor, retrain schedule and the dask resource, tested with Dagster's own test contexts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+
+import pytest
+from dagster import DagsterInstance, RunRequest, SkipReason, build_schedule_context, build_sensor_context
+
+from xenium_assets.defs.compute import DaskResource
+from xenium_assets.defs.partitions import SAMPLES
+from xenium_assets.defs.resources import ProjectResource
+from xenium_assets.defs.schedules import DEFAULT_CRON, retrain_schedule
+from xenium_assets.defs.sensors import landing_sensor
+from xenium_assets.defs.trained_model import LATEST, training_inputs
+from xenium_assets.landing import COMPLETE_MARKER, LandingState, look
+
+
+def _evaluate(instance, project: ProjectResource, cursor: str | None):
+    context = build_sensor_context(instance=instance, cursor=cursor, resources={"project": project})
+    return landing_sensor(context)
+
+
+def _requests(result) -> list[RunRequest]:
+    return list(result.run_requests or []) if not isinstance(result, SkipReason) else []
+
+
+def test_a_folder_is_ready_once_its_files_stop_changing(tmp_path):
+    landing = tmp_path / "landing"
+    run = landing / "run1"
+    run.mkdir(parents=True)
+    (run / "experiment.xenium").write_text("{}")
+    ready, state = look(landing, LandingState())
+    assert ready == [] and len(state.waiting) == 1  # first sight: maybe still copying
+    (run / "cells.parquet").write_bytes(b"x" * 10)
+    ready, state = look(landing, state)
+    assert ready == []  # it changed since: still copying
+    ready, state = look(landing, state)
+    assert ready == [run]  # unchanged between two looks: complete
+    ready, state = look(landing, LandingState.from_json(json.loads(json.dumps(state.to_json()))))
+    assert ready == []  # handed out once, also after a restart (state through JSON)
+    (run / "cells.parquet").write_bytes(b"y" * 20)
+    ready, state = look(landing, state)
+    ready, state = look(landing, state)
+    assert ready == [run]  # new content is new work
+    marked = landing / "run2"
+    marked.mkdir()
+    (marked / "experiment.xenium").write_text("{}")
+    (marked / COMPLETE_MARKER).touch()
+    assert look(landing, state)[0] == [marked]  # a completion marker needs no second look
+
+
+def test_landing_sensor_registers_and_requests_each_bundle_once(project, bundles):
+    instance = DagsterInstance.get()
+    resource = ProjectResource(data_dir=str(project))
+    landing = project / "landing"
+    landing.mkdir()
+    shutil.copytree(bundles("3"), landing / "output-XETG0001__slide 7__Region_1")
+    broken = landing / "broken_run"
+    broken.mkdir()
+    (broken / "experiment.xenium").write_text("{}")
+    first = _evaluate(instance, resource, None)
+    assert isinstance(first.skip_reason, SkipReason) and "still being copied" in first.skip_reason.skip_message
+    second = _evaluate(instance, resource, first.cursor)
+    (request,) = _requests(second)
+    assert request.partition_key == "output-XETG0001__slide_7__Region_1"  # sanitised folder name
+    assert second.dynamic_partitions_requests[0].partition_keys == [request.partition_key]
+    assert resource.registry.get(request.partition_key).bundle_dir == str(
+        (landing / request.partition_key.replace("slide_7", "slide 7")).resolve()
+    )
+    # The broken folder is reported, not retried, and did not stop the good one.
+    instance.add_dynamic_partitions(SAMPLES, [request.partition_key])
+    third = _evaluate(instance, resource, second.cursor)
+    assert _requests(third) == [] and "no new bundle" in third.skip_reason.skip_message
+    assert str(broken.resolve()) in json.loads(second.cursor)["done"]
+
+
+def test_a_broken_bundle_alone_is_a_skip_with_its_reason(project, tmp_path):
+    resource = ProjectResource(data_dir=str(project))
+    folder = project / "landing" / "bad"
+    folder.mkdir(parents=True)
+    (folder / "experiment.xenium").write_text("{}")
+    (folder / COMPLETE_MARKER).touch()
+    result = _evaluate(DagsterInstance.get(), resource, None)
+    assert _requests(result) == []
+    assert "broken bundle(s)" in result.skip_reason.skip_message and "cells.parquet: missing" in (
+        result.skip_reason.skip_message
+    )
+
+
+def _schedule(instance, resource):
+    context = build_schedule_context(
+        instance=instance,
+        resources={"project": resource},
+        scheduled_execution_time=datetime(2026, 11, 30, 3, 0, tzinfo=UTC),
+    )
+    return retrain_schedule(context)
+
+
+def test_retraining_only_when_shards_or_labels_changed(project):
+    instance = DagsterInstance.get()
+    resource = ProjectResource(data_dir=str(project))
+    assert retrain_schedule.cron_schedule == DEFAULT_CRON == "0 3 * * 1"  # weekly by default
+    result = _schedule(instance, resource)
+    assert isinstance(result, SkipReason) and "no patch shards" in result.skip_message
+    index = project / "samples" / "s1" / "patch_shards" / "r0c0" / "index.parquet"
+    index.parent.mkdir(parents=True)
+    index.write_bytes(b"1")
+    (project / "labels").mkdir()
+    (project / "labels" / "labels.parquet").write_bytes(b"1")
+    assert isinstance(_schedule(instance, resource), RunRequest)  # never trained
+    (project / "models").mkdir()
+    (project / "models" / LATEST).write_text(json.dumps({"inputs": training_inputs(resource)}))
+    result = _schedule(instance, resource)
+    assert isinstance(result, SkipReason) and "unchanged since the last model" in result.skip_message
+    (project / "labels" / "labels.parquet").write_bytes(b"22")  # new labels
+    request = _schedule(instance, resource)
+    assert isinstance(request, RunRequest) and request.run_key.startswith("retrain-")
+
+
+def test_dask_resource_local_and_attached():
+    from distributed import LocalCluster
+
+    with DaskResource(n_workers=2).client() as client:
+        pids = set(client.gather(client.map(lambda i: os.getpid(), range(8), pure=False)))
+        assert len(client.scheduler_info()["workers"]) == 2 and os.getpid() not in pids
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:  # an existing scheduler, attached to by address
+        with DaskResource(scheduler_address=cluster.scheduler_address).client() as client:
+            assert len(client.scheduler_info()["workers"]) == 2
+            assert client.submit(sum, [1, 2, 3]).result() == 6
+    finally:
+        cluster.close()
+
+
+@pytest.mark.parametrize("name", ["landing_sensor", "automation"])
+def test_sensors_run_by_default(name):
+    from dagster import DefaultSensorStatus
+
+    from xenium_assets.definitions import defs
+
+    assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING

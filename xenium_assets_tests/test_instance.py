@@ -1,0 +1,274 @@
+"""A running Dagster instance (`dagster dev`: webserver and daemon on loopback), driven over GraphQL.
+
+The instance runs as a user runs it, from workspace.yaml with the project's dagster.yaml, in a temporary
+data folder; it is always torn down (its whole process group), and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xenium_assets_tests.conftest import REPO
+
+ASSETS = {
+    "raw_bundle",
+    "qc_adata",
+    "cell_labels",
+    "dapi_zarr",
+    "tile_geometry",
+    "patch_shards",
+    "trained_model",
+    "evaluation_report",
+}
+CHECKS = {"qc_pass_fraction", "label_classes_above_minimum", "shards_match_index", "beats_majority_baseline"}
+SENSOR_TAG = "dagster/sensor_name"
+
+
+class Instance:
+    """`dagster dev` in its own process group, and a small GraphQL client for it."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.home = data / "dagster_home"
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 180) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(self.home),
+            "XENIUM_ASSETS_DATA": str(self.data),
+            "XENIUM_ASSETS_SENSOR_INTERVAL": "5",
+        }
+        log = open(self.data / "dagster_dev.log", "ab")  # noqa: SIM115 (closed with the process)
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "dagster"),
+                "dev",
+                "-w",
+                "workspace.yaml",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{port}/graphql"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.query("{ version }")["version"]:
+                    return
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError(f"dagster dev did not answer in {timeout}s: see {self.data / 'dagster_dev.log'}")
+
+    def stop(self) -> None:
+        """Stop the webserver, daemon, code servers and any run they launched (some start their own process
+        groups, so every descendant is collected first)."""
+        import psutil
+
+        if self.proc is None:
+            return
+        family = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(family, timeout=10)
+        self.proc = None
+
+    def query(self, text: str, variables: dict | None = None) -> dict:
+        body = json.dumps({"query": text, "variables": variables or {}}).encode()
+        request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload = json.load(response)
+        if payload.get("errors"):
+            raise AssertionError(payload["errors"])
+        return payload["data"]
+
+    def runs(self, tags: dict[str, str] | None = None) -> list[dict]:
+        data = self.query(
+            """query ($filter: RunsFilter) { runsOrError(filter: $filter) { ... on Runs {
+                results { runId status tags { key value } } } } }""",
+            {"filter": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}},
+        )
+        return data["runsOrError"]["results"]
+
+    def wait_for(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = predicate()
+            if found:
+                return found
+            time.sleep(2)
+        raise TimeoutError(f"{what} did not happen within {timeout}s (log: {self.data / 'dagster_dev.log'})")
+
+    def wait_success(self, run_id: str, timeout: float = 300) -> None:
+        def status():
+            s = self.query("query ($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})
+            st = s["runOrError"]["status"]
+            if st in ("FAILURE", "CANCELED"):
+                raise AssertionError(f"run {run_id} ended {st} (log: {self.data / 'dagster_dev.log'})")
+            return st == "SUCCESS"
+
+        self.wait_for(status, timeout, f"success of run {run_id}")
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory) -> Iterator[Instance]:
+    data = tmp_path_factory.mktemp("instance") / "data"
+    (data / "dagster_home").mkdir(parents=True)
+    shutil.copy(REPO / "dagster.yaml", data / "dagster_home" / "dagster.yaml")
+    inst = Instance(data)
+    inst.start()
+    try:
+        yield inst
+    finally:
+        inst.stop()
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory) -> Path:
+    from xenium_assets.synth import SynthParams, generate_bundle
+
+    return generate_bundle(
+        tmp_path_factory.mktemp("drop") / "run_a", SynthParams(n_cells=300, width=1024, height=1024, seed=3)
+    ).bundle
+
+
+def test_the_whole_graph_is_served(instance):
+    data = instance.query("""{
+        assetNodes { assetKey { path } partitionDefinition { description }
+                     assetChecksOrError { ... on AssetChecks { checks { name } } } }
+        repositoriesOrError { ... on RepositoryConnection { nodes {
+            location { name } sensors { name sensorState { status } } schedules { name cronSchedule } } } } }""")
+    nodes = {n["assetKey"]["path"][0]: n for n in data["assetNodes"]}
+    assert set(nodes) == ASSETS
+    assert "samples" in nodes["raw_bundle"]["partitionDefinition"]["description"]
+    assert "Tile: 'r0c0'" in nodes["patch_shards"]["partitionDefinition"]["description"]
+    checks = {c["name"] for n in nodes.values() for c in (n["assetChecksOrError"].get("checks") or [])}
+    assert checks == CHECKS
+    (repo,) = data["repositoriesOrError"]["nodes"]
+    assert repo["location"]["name"] == "xenium_assets"
+    assert {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]} == {
+        "landing_sensor": "RUNNING",
+        "automation": "RUNNING",
+    }
+    assert [(s["name"], s["cronSchedule"]) for s in repo["schedules"]] == [("retrain_schedule", "0 3 * * 1")]
+
+
+def test_materialization_launched_over_graphql(instance, small_bundle):
+    env = {**os.environ, "DAGSTER_HOME": str(instance.home), "XENIUM_ASSETS_DATA": str(instance.data)}
+    subprocess.run(
+        [str(Path(sys.executable).parent / "xenium-assets"), "add", str(small_bundle), "--sample", "api"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    launched = instance.query(
+        """mutation ($params: ExecutionParams!) { launchRun(executionParams: $params) {
+            __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
+        {
+            "params": {
+                "selector": {
+                    "repositoryLocationName": "xenium_assets",
+                    "repositoryName": "__repository__",
+                    "jobName": "__ASSET_JOB",
+                    "assetSelection": [{"path": ["raw_bundle"]}],
+                },
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "api"}]},
+            }
+        },
+    )["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    instance.wait_success(launched["run"]["runId"], timeout=300)
+    assert (instance.data / "samples" / "api" / "raw_bundle" / "manifest.json").exists()
+
+
+def _landing_runs(instance) -> list[dict]:
+    return instance.runs({SENSOR_TAG: "landing_sensor"})
+
+
+def test_dropped_bundles_run_once_and_the_chain_follows(instance, small_bundle):
+    landing = instance.data / "landing"
+    landing.mkdir(exist_ok=True)
+    # 1. A folder still being copied starts nothing.
+    copying = landing / "run_b"
+    copying.mkdir()
+    shutil.copy(small_bundle / "experiment.xenium", copying)
+    stop = threading.Event()
+
+    def keep_copying():
+        growing = copying / "transcripts.parquet"
+        while not stop.is_set():
+            with growing.open("ab") as f:
+                f.write(b"\0" * 1024)
+            stop.wait(1.0)
+
+    writer = threading.Thread(target=keep_copying, daemon=True)
+    writer.start()
+    time.sleep(20)  # about four sensor ticks
+    stop.set()
+    writer.join()
+    assert _landing_runs(instance) == []
+    # 2. Once complete, it runs (and a corrupt bundle beside it is reported without blocking it).
+    (copying / "transcripts.parquet").unlink()
+    for item in small_bundle.iterdir():
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, copying / item.name)
+    corrupt = landing / "run_corrupt"
+    corrupt.mkdir()
+    shutil.copy(small_bundle / "experiment.xenium", corrupt)
+    (corrupt / "cells.parquet").write_bytes(b"not parquet")
+    runs = instance.wait_for(lambda: _landing_runs(instance), 120, "a landing-sensor run")
+    assert len(runs) == 1 and {t["key"]: t["value"] for t in runs[0]["tags"]}["dagster/partition"] == "run_b"
+    instance.wait_success(runs[0]["runId"], timeout=420)
+    for asset in ("raw_bundle", "qc_adata", "dapi_zarr", "tile_geometry"):  # the per-sample assets, all of them
+        assert (instance.data / "samples" / "run_b" / asset).is_dir(), asset
+    # 3. The same bundle dropped again, and a restarted daemon, start nothing new.
+    shutil.rmtree(copying)
+    shutil.copytree(small_bundle, copying)
+    instance.stop()
+    instance.start()
+    time.sleep(25)
+    assert len(_landing_runs(instance)) == 1
+
+    # 4. Downstream assets follow by declarative automation: cross-sample labels that include the new sample.
+    labels_path = instance.data / "labels" / "labels.parquet"
+
+    def labelled_with_run_b():
+        return labels_path.exists() and "run_b" in set(pd.read_parquet(labels_path, columns=["sample"])["sample"])
+
+    instance.wait_for(labelled_with_run_b, 600, "cell_labels re-materialized by automation with the new sample")
+    data = instance.query("""{ assetNodes(assetKeys: [{path: ["cell_labels"]}]) {
+        assetMaterializations(limit: 1) { runId } } }""")
+    run_id = data["assetNodes"][0]["assetMaterializations"][0]["runId"]
+    tags = {t["key"]: t["value"] for r in instance.runs() if r["runId"] == run_id for t in r["tags"]}
+    assert tags.get(SENSOR_TAG) == "automation", tags  # launched by the automation sensor, not by hand
