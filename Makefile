@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed-stamp
 export XENIUM_ASSETS_DATA := $(CURDIR)/data
 export DAGSTER_HOME := $(CURDIR)/data/dagster_home
 
-.PHONY: demo test bench dev mlflow install clean
+.PHONY: demo test bench dev mlflow view install display-deps clean
 
 install: $(STAMP)
 
 # constraints.txt pins the versions the suite was last run with, so a fresh install resolves the same way.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,viewer]'
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
@@ -23,7 +23,20 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/xenium-assets demo
 
-test: $(STAMP)
+# The viewer's headless tests draw on a private Xvfb. As root on Debian this installs it and Qt's xcb
+# libraries; elsewhere the viewer tests skip and say what to install.
+display-deps: $(STAMP)
+	@PKGS="$$($(BIN)/python -c 'from xenium_assets.viewer.display import XVFB_PACKAGES; print(XVFB_PACKAGES)')"; \
+	if ! command -v Xvfb >/dev/null || ! ldconfig -p | grep -q libxcb-icccm; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $$PKGS"; \
+	    apt-get install -y -qq --no-install-recommends $$PKGS >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends $$PKGS >/dev/null 2>&1; } || \
+	    echo "could not install $$PKGS: the viewer tests will skip"; \
+	  else echo "no Xvfb and not root: the viewer tests will skip (install $$PKGS)"; fi; \
+	fi
+
+test: $(STAMP) display-deps
 	$(BIN)/ruff check xenium_assets xenium_assets_tests
 	$(BIN)/pytest
 
@@ -32,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/xenium-assets bench patches
 	$(BIN)/xenium-assets bench synth
 	$(BIN)/xenium-assets bench labels
+	$(BIN)/xenium-assets bench view
 
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
@@ -40,6 +54,10 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 mlflow: $(STAMP)
 	mkdir -p data/mlflow
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+# napari on the demo sample (a desktop session; on a server use `xenium-assets view demo_a --screenshot demo_a.png`).
+view: $(STAMP)
+	$(BIN)/xenium-assets view $(or $(SAMPLE),demo_a)
 
 clean:
 	rm -rf data/dagster_home data/samples data/demo data/labels data/models data/reports data/mlflow

@@ -138,7 +138,6 @@ def _bench_bundle(cache: Path, name: str, n_cells: int, size: int, seed: int) ->
 
 def _extract(bundle: Path, work: Path, workers: int) -> dict:
     """This project's extraction of all cells to shards: transcode, split geometry, all tiles on dask."""
-    import pandas as pd
     import pyarrow.parquet as pq
 
     from xenium_assets.bundle.manifest import write_manifest
@@ -149,20 +148,11 @@ def _extract(bundle: Path, work: Path, workers: int) -> dict:
     from xenium_assets.patches.extract import extract_tile, tile_tasks
     from xenium_assets.patches.geometry import split_by_tile
     from xenium_assets.patches.grid import TILE_KEYS, PatchSpec
-    from xenium_assets.synth import truth_paths
+    from xenium_assets.synth import truth_labels
 
     spec = PatchSpec()
     manifest = write_manifest(inspect_bundle(bundle), "bench", work / "raw")
-    truth = pq.read_table(truth_paths(bundle)[0]).to_pandas()
-    labels = pd.DataFrame(
-        {
-            "cell_id": truth["cell_id"],
-            "label": truth["label"],
-            "confidence": 1.0,
-            "excluded_reason": "",
-            "label_version": "truth",
-        }
-    )
+    labels = truth_labels(bundle, "bench")
     problems = pq.read_table(manifest.cell_problems).to_pandas()
     problems = problems[problems["kind"] == "invalid"]
     with DaskResource(n_workers=workers).client() as client, _PeakRss() as memory:
@@ -273,3 +263,60 @@ def bench_patches(
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_view(*, n_cells: int, size: int, cache: Path) -> dict:
+    """Seconds from nothing to the napari viewer's first drawn view of a large sample (image, segmentation,
+    labels), against the naive start: reading the full-resolution DAPI plane before anything shows."""
+    import tempfile
+
+    import tifffile
+
+    from xenium_assets.bundle.manifest import write_manifest
+    from xenium_assets.bundle.validate import inspect_bundle
+    from xenium_assets.paths import ProjectPaths
+    from xenium_assets.synth import truth_labels
+    from xenium_assets.viewer.data import load_view_data
+    from xenium_assets.viewer.display import virtual_display
+
+    cache.mkdir(parents=True, exist_ok=True)
+    bundle = _bench_bundle(cache, f"bench_{size}px_{n_cells}cells", n_cells, size, seed=21)
+    paths = ProjectPaths(Path(tempfile.mkdtemp(prefix="xa-bench-view-", dir=cache)))
+    manifest = write_manifest(inspect_bundle(bundle), "bench", paths.asset_dir("bench", "raw_bundle"))
+    paths.labels_table.parent.mkdir(parents=True, exist_ok=True)
+    truth_labels(bundle, "bench").to_parquet(paths.labels_table)
+
+    with virtual_display():
+        t0 = time.perf_counter()
+        import napari  # noqa: F401 (timed: part of what a user waits for)
+
+        from xenium_assets.viewer.app import build_viewer, save_screenshot
+
+        t1 = time.perf_counter()
+        data = load_view_data(paths, "bench")
+        t2 = time.perf_counter()
+        viewer = build_viewer(data)
+        t3 = time.perf_counter()
+        shot = save_screenshot(viewer, paths.data_dir / "first_view.png")
+        t4 = time.perf_counter()
+        viewer.close()
+    first_view = t4 - t0
+    peak = _peak_rss_mb()  # before the naive read below, which alone holds the whole plane
+    naive_start = time.perf_counter()
+    with tifffile.TiffFile(manifest.dapi_path) as tif:
+        tif.pages[manifest.dapi.ifd].asarray()
+    naive = time.perf_counter() - naive_start
+    return {
+        "cells": len(data.geometry.ids),
+        "image_px": f"{manifest.dapi.levels[0][1]} x {manifest.dapi.levels[0][0]}, {len(manifest.dapi.levels)} levels",
+        "import_napari_seconds": round(t1 - t0, 2),
+        "read_polygons_seconds": round(t2 - t1, 2),
+        "build_layers_seconds": round(t3 - t2, 2),
+        "first_draw_seconds": round(t4 - t3, 2),
+        "first_view_seconds": round(first_view, 2),
+        "goal_seconds": 10,
+        "naive_full_dapi_read_seconds": round(naive, 2),
+        "first_view_vs_naive": round(first_view / naive, 2),
+        "screenshot": f"{paths.data_dir / 'first_view.png'} ({shot.shape[1]} x {shot.shape[0]})",
+        "peak_rss_mb": round(peak),
+    }

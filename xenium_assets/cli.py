@@ -183,6 +183,50 @@ def demo(n_cells: int, size: int) -> None:
         click.echo(line)
 
 
+@main.command()
+@click.argument("sample")
+@click.option("--gene", "genes", multiple=True, help="Show this gene's transcripts as points (repeat for more genes).")
+@click.option(
+    "--screenshot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Render the first view without a screen (private Xvfb), save it as this PNG and exit.",
+)
+def view(sample: str, genes: tuple[str, ...], screenshot: Path | None) -> None:
+    """Open SAMPLE in napari: DAPI pyramid, nuclei and cells, expression labels, test-tile predictions and
+    a class widget with training patches. Needs the viewer extra: pip install -e '.[viewer]'."""
+    import time
+    from contextlib import nullcontext
+
+    from xenium_assets.bundle.errors import BundleError
+    from xenium_assets.progress import TqdmProgress
+    from xenium_assets.viewer.data import ViewerError, load_view_data
+    from xenium_assets.viewer.display import DisplayUnavailable, virtual_display
+
+    start = time.perf_counter()
+    try:
+        import napari
+
+        from xenium_assets.viewer.app import build_viewer, save_screenshot
+    except ImportError as exc:
+        _fail(f"the viewer needs napari and Qt ({exc.name} is missing): pip install -e '.[viewer]'")
+    if screenshot is None and sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        _fail("no screen (DISPLAY is unset): run it on a desktop, or save a picture with --screenshot PNG")
+    try:
+        data = load_view_data(ProjectPaths.default(), sample, TqdmProgress())
+        with virtual_display() if screenshot else nullcontext():
+            viewer = build_viewer(data, genes, report=click.echo)
+            if screenshot is not None:
+                save_screenshot(viewer, screenshot)
+                click.echo(f"first view in {time.perf_counter() - start:.1f} s; saved {screenshot}")
+                viewer.close()
+                return
+            click.echo(f"first view in {time.perf_counter() - start:.1f} s")
+            napari.run()
+    except (ViewerError, BundleError, DisplayUnavailable) as exc:
+        _fail(str(exc))
+
+
 def _print_figures(figures: dict, as_json: bool) -> None:
     """A benchmark's figures, one per line, and optionally as one JSON object on the last line."""
     width = max(map(len, figures))
@@ -190,6 +234,18 @@ def _print_figures(figures: dict, as_json: bool) -> None:
         click.echo(f"{k:>{width}}: {v}")
     if as_json:
         click.echo(json.dumps(figures))
+
+
+JSON_FLAG = click.option(
+    "--json", "as_json", is_flag=True, help="Print the figures as one JSON object on the last line."
+)
+BENCH_CACHE = click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=Path("data/bench"),
+    show_default=True,
+    help="Where generated bundles are kept between runs (shared by the benchmarks).",
+)
 
 
 @main.group()
@@ -202,7 +258,7 @@ def bench() -> None:
 @click.option("--size", default=20_000, show_default=True, help="Image side in pixels.")
 @click.option("--version", default="3", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Keep the bundle here (default: temp).")
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object on the last line.")
+@JSON_FLAG
 def bench_synth(n_cells: int, size: int, version: str, out: Path | None, as_json: bool) -> None:
     """Time and peak memory of generating a large synthetic bundle."""
     from xenium_assets.bench import bench_synth as run
@@ -220,14 +276,8 @@ def bench_synth(n_cells: int, size: int, version: str, out: Path | None, as_json
     "--workers", default=2, show_default=True, help="dask worker processes (and decode threads of the floor)."
 )
 @click.option("--sample-cells", default=200, show_default=True, help="Cells timed for the baselines.")
-@click.option(
-    "--cache",
-    type=click.Path(path_type=Path),
-    default=Path("data/bench"),
-    show_default=True,
-    help="Where the generated bundles are kept between runs.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object on the last line.")
+@BENCH_CACHE
+@JSON_FLAG
 def bench_patches(
     n_cells: int,
     size: int,
@@ -262,13 +312,25 @@ def bench_patches(
     help="A cell_feature_matrix.h5 (default: the real 84,518-cell bone-marrow matrix).",
 )
 @click.option("--resolution", default=0.5, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object on the last line.")
+@JSON_FLAG
 def bench_labels(h5: Path, resolution: float, as_json: bool) -> None:
     """Time and peak memory of QC + leiden labels (+ the UMAP picture) on one matrix."""
     from xenium_assets.bench import bench_labels as run
 
     figures = run(h5=h5, resolution=resolution)
     _print_figures(figures, as_json)
+
+
+@bench.command("view")
+@click.option("--cells", "n_cells", default=100_000, show_default=True)
+@click.option("--size", default=20_000, show_default=True, help="Image side in pixels.")
+@BENCH_CACHE
+@JSON_FLAG
+def bench_view(n_cells: int, size: int, cache: Path, as_json: bool) -> None:
+    """Time to the viewer's first drawn view of a large sample, against reading its full-resolution DAPI."""
+    from xenium_assets.bench import bench_view as run
+
+    _print_figures(run(n_cells=n_cells, size=size, cache=cache), as_json)
 
 
 if __name__ == "__main__":

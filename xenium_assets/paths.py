@@ -5,6 +5,11 @@ data/
   samples/<key>/       one folder per registered sample
     sample.json        which bundle the sample is, and per-sample overrides (registry)
     raw_bundle/        manifest.json, cell_problems.parquet
+    <asset>/           every other per-sample asset's files
+  labels/              labels.parquet (all samples), markers.csv, overviews/<sample>.png
+  models/<run id>/     trained models; latest.json names the newest
+  reports/<run id>/    evaluation reports (report.html, metrics.json, predictions.parquet)
+  landing/             new Xenium folders for the landing sensor
   demo/                synthetic bundles made by `xenium-assets demo`
 """
 
@@ -46,6 +51,24 @@ class ProjectPaths:
     @property
     def labels_dir(self) -> Path:
         return self.data_dir / "labels"
+
+    @property
+    def labels_table(self) -> Path:
+        """Expression labels of every sample's cells (the cell_labels asset)."""
+        return self.labels_dir / "labels.parquet"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def latest_model(self) -> Path:
+        """JSON naming the newest trained model's folder and MLflow run."""
+        return self.models_dir / "latest.json"
+
+    def report_dir(self, model: str) -> Path:
+        """Evaluation report of the model in ``models/<model>``."""
+        return self.data_dir / "reports" / model
 
     @property
     def demo_dir(self) -> Path:

@@ -22,6 +22,7 @@ def png_bytes(fig: Figure, dpi: int = 80) -> bytes:
 def label_colors(labels: list[str]) -> dict[str, tuple]:
     """A stable colour per label (sorted), grey for 'Unassigned'."""
     cmap = plt.get_cmap("tab20")
-    colors = {name: cmap(i % 20) for i, name in enumerate(sorted(set(labels) - {"Unassigned"}))}
+    order = [*range(0, 20, 2), *range(1, 20, 2)]  # tab20's strong shades first: neighbours in it are near-twins
+    colors = {name: cmap(order[i % 20]) for i, name in enumerate(sorted(set(labels) - {"Unassigned"}))}
     colors["Unassigned"] = (0.75, 0.75, 0.75, 1.0)
     return colors

@@ -57,17 +57,21 @@ def read_window(array, win: Window, fill: int = 0) -> np.ndarray:
 
 
 def _geojson(polygons: np.ndarray) -> list[dict]:
-    """GeoJSON-like dicts over numpy rings, from one ``to_ragged_array`` call.
+    """GeoJSON-like dicts with plain-list rings, from one ``to_ragged_array`` call.
 
-    rasterio reads shapely geometries through ``__geo_interface__``, a Python loop over every vertex:
-    0.54 s of a 3 s, 4,900-cell tile. Built once per tile instead, burning is also 25 % faster.
+    rasterio reads shapely geometries through ``__geo_interface__``, a Python loop over every vertex
+    (0.54 s of a 3 s, 4,900-cell tile), and walks numpy rings point by point: burning 100,000 cells took
+    1.73 s with numpy rings and 0.49 s with list rings. Lists cost about 10 µs a polygon to build, so only
+    the polygons a window hits are converted (a viewer zoomed in touches a few hundred of 10^5).
     """
     if not len(polygons):
         return []
     _, coords, (ring_offsets, poly_offsets) = shapely.to_ragged_array(polygons)
-    rings = np.split(coords, ring_offsets[1:-1])
+    points = coords.tolist()
+    rings = [points[a:b] for a, b in zip(ring_offsets[:-1].tolist(), ring_offsets[1:].tolist(), strict=True)]
     return [
-        {"type": "Polygon", "coordinates": rings[a:b]} for a, b in zip(poly_offsets[:-1], poly_offsets[1:], strict=True)
+        {"type": "Polygon", "coordinates": rings[a:b]}
+        for a, b in zip(poly_offsets[:-1].tolist(), poly_offsets[1:].tolist(), strict=True)
     ]
 
 
@@ -78,19 +82,57 @@ class PolygonRaster:
         self.polygons = polygons_px
         self.labels = labels.astype(np.uint32)
         self.tree = shapely.STRtree(polygons_px)
-        self.shapes = _geojson(polygons_px)
 
-    def window(self, win: Window) -> np.ndarray:
-        """uint32 labels of the window; 0 is background; a pixel belongs to a polygon if its centre does."""
+    def window(self, win: Window, factor: int = 1, all_touched: bool = False) -> np.ndarray:
+        """uint32 labels of the window; 0 is background; a pixel belongs to a polygon if its centre does.
+
+        With ``factor`` > 1 the window is in the pixels of an image zoomed out that many times (a pyramid
+        level); ``all_touched`` then keeps polygons smaller than a pixel visible.
+        """
         out = np.zeros((win.h, win.w), dtype=np.uint32)
-        hits = self.tree.query(shapely.box(win.x0, win.y0, win.x0 + win.w, win.y0 + win.h))
+        x0, y0 = win.x0 * factor, win.y0 * factor
+        hits = self.tree.query(shapely.box(x0, y0, x0 + win.w * factor, y0 + win.h * factor))
         if len(hits):
             with warnings.catch_warnings():
                 # rasterio warns that a pixel-space transform is "not georeferenced": that is the point.
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 rasterize(
-                    zip([self.shapes[i] for i in hits], self.labels[hits].tolist(), strict=True),
+                    zip(_geojson(self.polygons[hits]), self.labels[hits].tolist(), strict=True),
                     out=out,
-                    transform=Affine.translation(win.x0, win.y0),
+                    transform=Affine(factor, 0, x0, 0, factor, y0),
+                    all_touched=all_touched,
                 )
+        return out
+
+    def burn_all(self, factor: int, shape: tuple[int, int], chunk: int = 100_000) -> np.ndarray:
+        """The whole label image zoomed out ``factor`` times (``shape`` pixels), each pixel labelled by the
+        polygon holding its centre; a polygon holding no pixel centre still gets the pixel of its centroid.
+
+        Zoomed out, a cell covers a few pixels, so testing the pixel centres of each bounding box is cheaper
+        than rasterio: at 1/16 zoom 100,000 cells burn in 0.39 s this way (1.8 M point tests with shapely's
+        vectorised ``contains_xy``) against 2.0 s for rasterio (0.8 s burning, 1.2 s building its input).
+        Zoomed in, where a cell covers thousands of pixels, ``window`` (rasterio) is the faster one.
+        """
+        out = np.zeros(shape, dtype=np.uint32)
+        shapely.prepare(self.polygons)
+        for start in range(0, len(self.polygons), chunk):
+            polys, labels = self.polygons[start : start + chunk], self.labels[start : start + chunk]
+            xmin, ymin, xmax, ymax = (shapely.bounds(polys) / factor).T
+            c0, c1 = np.ceil(xmin - 0.5).astype(np.int64), np.floor(xmax - 0.5).astype(np.int64)
+            r0, r1 = np.ceil(ymin - 0.5).astype(np.int64), np.floor(ymax - 0.5).astype(np.int64)
+            nc, nr = np.maximum(c1 - c0 + 1, 0), np.maximum(r1 - r0 + 1, 0)
+            n = nc * nr
+            owner = np.repeat(np.arange(len(polys)), n)
+            k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+            rows, cols = r0[owner] + k // nc[owner], c0[owner] + k % nc[owner]
+            hit = shapely.contains_xy(polys[owner], (cols + 0.5) * factor, (rows + 0.5) * factor)
+            hit &= (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+            out[rows[hit], cols[hit]] = labels[owner[hit]]
+            missed = np.setdiff1d(np.arange(len(polys)), owner[hit])
+            if len(missed):
+                centre = shapely.get_coordinates(shapely.centroid(polys[missed])) / factor
+                r = np.clip(centre[:, 1].astype(np.int64), 0, shape[0] - 1)
+                c = np.clip(centre[:, 0].astype(np.int64), 0, shape[1] - 1)
+                empty = out[r, c] == 0
+                out[r[empty], c[empty]] = labels[missed[empty]]
         return out

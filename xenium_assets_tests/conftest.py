@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from xenium_assets.synth import SynthParams, generate_bundle
+from xenium_assets.synth import SynthParams, generate_bundle, truth_labels
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("XENIUM_ASSETS_SHARED", REPO.parent / "shared"))
@@ -71,26 +71,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("XENIUM_ASSETS_DATA", str(data))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     yield data
-
-
-def truth_labels(bundle: Path, sample: str):
-    """A labels table from the generator's ground truth (tests of later stages need no clustering)."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    from xenium_assets.synth import truth_paths
-
-    truth = pq.read_table(truth_paths(bundle)[0]).to_pandas()
-    return pd.DataFrame(
-        {
-            "sample": sample,
-            "cell_id": truth["cell_id"],
-            "label": truth["label"],
-            "confidence": 1.0,
-            "excluded_reason": "",
-            "label_version": "truth-1",
-        }
-    )
 
 
 def build_shards(bundle: Path, root: Path, sample: str, labels=None) -> Path:

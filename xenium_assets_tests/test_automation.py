@@ -15,7 +15,7 @@ from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.defs.schedules import DEFAULT_CRON, retrain_schedule
 from xenium_assets.defs.sensors import landing_sensor
-from xenium_assets.defs.trained_model import LATEST, training_inputs
+from xenium_assets.defs.trained_model import training_inputs
 from xenium_assets.landing import COMPLETE_MARKER, LandingState, look
 
 
@@ -113,7 +113,7 @@ def test_retraining_only_when_shards_or_labels_changed(project):
     (project / "labels" / "labels.parquet").write_bytes(b"1")
     assert isinstance(_schedule(instance, resource), RunRequest)  # never trained
     (project / "models").mkdir()
-    (project / "models" / LATEST).write_text(json.dumps({"inputs": training_inputs(resource)}))
+    (project / "models" / "latest.json").write_text(json.dumps({"inputs": training_inputs(resource)}))
     result = _schedule(instance, resource)
     assert isinstance(result, SkipReason) and "unchanged since the last model" in result.skip_message
     (project / "labels" / "labels.parquet").write_bytes(b"22")  # new labels

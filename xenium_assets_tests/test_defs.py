@@ -169,7 +169,8 @@ def test_qc_and_labels_materialize_for_two_samples(project, bundles):
     assert meta["n_classes"].value == 4 and meta["samples"].value == "s1, s2"
     assert "| label | s1 | s2 |" in meta["class_counts"].value
     assert meta["umap"].value.startswith("![UMAP by label](data:image/png;base64,")
-    assert meta["spatial_maps"].value.count("data:image/png;base64,") == 2
+    assert meta["overviews"].value.count("data:image/png;base64,") == 2
+    assert sorted(p.name for p in (project / "labels" / "overviews").iterdir()) == ["s1.png", "s2.png"]
     version = meta["label_version"].value
     config = {"ops": {"cell_labels": {"config": {"resolution": 0.8}}}}
     assert _materialize(instance, project, None, assets=(cell_labels,), run_config=config).success

@@ -27,7 +27,7 @@ from xenium_assets.labels.joint import (
 )
 from xenium_assets.labels.leiden import label_leiden
 from xenium_assets.labels.markers import label_markers, read_marker_file
-from xenium_assets.labels.plots import spatial_figure, umap_figure
+from xenium_assets.labels.plots import umap_figure
 from xenium_assets.labels.reference import label_celltypist, label_reference
 from xenium_assets.synth import truth_paths
 
@@ -72,7 +72,6 @@ def test_leiden_recovers_classes_across_samples(two_samples):
     assert set(epi.split("+")) & {"EPCAM", "KRT8", "KRT18", "CDH1", "CLDN4", "ELF3"}
     assert ((result.confidence >= 0) & (result.confidence <= 1)).all() and np.median(result.confidence) > 0.8
     assert umap_figure(joint, result.label)[:8] == PNG
-    assert spatial_figure(joint, result.label, "a")[:8] == PNG
 
 
 def test_markers_recover_classes_and_warn_about_absent_genes(two_samples, tmp_path):

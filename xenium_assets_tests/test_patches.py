@@ -23,7 +23,8 @@ from xenium_assets.patches.dapi_store import transcode_dapi
 from xenium_assets.patches.extract import MASK_NUCLEUS, MASK_PERINUCLEAR, TileTask, extract_tile, tile_tasks
 from xenium_assets.patches.geometry import CELLS, read_tile_polygons, split_by_tile
 from xenium_assets.patches.shards import INDEX, read_index
-from xenium_assets_tests.conftest import JURKAT, JURKAT_ORIGIN, JURKAT_PIXEL_SIZE, needs_shared, truth_labels
+from xenium_assets.synth import truth_labels
+from xenium_assets_tests.conftest import JURKAT, JURKAT_ORIGIN, JURKAT_PIXEL_SIZE, needs_shared
 
 SPEC = grid.PatchSpec()
 

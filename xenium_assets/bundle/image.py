@@ -106,7 +106,7 @@ def find_dapi(first: Path) -> DapiImage:
     return _describe(file, ifd, channel, names, physical, notes)
 
 
-def _series_of(tif: tifffile.TiffFile, ifd: int) -> tifffile.TiffPageSeries:
+def series_of(tif: tifffile.TiffFile, ifd: int) -> tifffile.TiffPageSeries:
     """The series (with its SubIFD pyramid) whose first page is IFD ``ifd``."""
     return next((s for s in tif.series if s.pages and s.pages[0].index == ifd), tif.series[0])
 
@@ -115,7 +115,7 @@ def _series_of(tif: tifffile.TiffFile, ifd: int) -> tifffile.TiffPageSeries:
 def open_plane(file: str | Path, ifd: int = 0, level: int = 0) -> Iterator[zarr.Array]:
     """One pyramid level of a plane as a lazily decoded 2D zarr array: slicing decodes only the
     TIFF tiles it touches (never the whole slide)."""
-    with tifffile.TiffFile(file, is_ome=False) as tif, _series_of(tif, ifd).aszarr(level=level) as store:
+    with tifffile.TiffFile(file, is_ome=False) as tif, series_of(tif, ifd).aszarr(level=level) as store:
         yield zarr.open(store, mode="r")
 
 
@@ -132,7 +132,7 @@ def _describe(
             page = tif.pages[ifd]
             if page.ndim != 2:
                 raise BundleError(file, f"DAPI plane has shape {page.shape}, expected a 2D image", None)
-            series = _series_of(tif, ifd)
+            series = series_of(tif, ifd)
             levels = [tuple(int(v) for v in lvl.shape[-2:]) for lvl in series.levels]
             tile = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
             compression, dtype = page.compression.name, str(page.dtype)

@@ -29,10 +29,12 @@ from xenium_assets.labels.joint import (
     joint_matrix,
     label_version,
 )
-from xenium_assets.labels.plots import spatial_figure, umap_figure
+from xenium_assets.labels.overview import overview_png
+from xenium_assets.labels.plots import umap_figure
+from xenium_assets.slide import read_geometry
 
-LABELS = "labels.parquet"
 MARKERS = "markers.csv"
+OVERVIEWS = "overviews"
 
 
 class LabelConfig(Config):
@@ -81,6 +83,18 @@ def _label(joint, config: LabelConfig, project: ProjectResource, samples: list[s
     return label_graphclust(joint, clusters, seed=config.seed)
 
 
+def _overviews(project: ProjectResource, table, samples: list[str]) -> dict[str, bytes]:
+    """Each sample's DAPI with its cells in label colours, written to labels/overviews/<sample>.png."""
+    pngs = {}
+    for sample in samples:
+        manifest = read_manifest(project.paths.asset_dir(sample, "raw_bundle"))
+        png = overview_png(manifest, read_geometry(manifest), table[table["sample"] == sample])
+        with atomic_file(project.paths.labels_dir / OVERVIEWS / f"{sample}.png") as tmp:
+            tmp.write_bytes(png)
+        pngs[sample] = png
+    return pngs
+
+
 @asset(
     automation_condition=AutomationCondition.eager(),
     deps=[qc_adata],
@@ -112,18 +126,18 @@ def cell_labels(context: AssetExecutionContext, config: LabelConfig, project: Pr
         joint, labelling, min_confidence=config.min_confidence, min_class_cells=config.min_class_cells, version=version
     )
     out = project.paths.labels_dir
-    with atomic_file(out / LABELS) as tmp:
+    with atomic_file(project.paths.labels_table) as tmp:
         pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
     with atomic_file(out / MARKERS) as tmp:
         labelling.markers.to_csv(tmp, index=False)
-    context.log.info("drawing the UMAP and spatial maps")
+    context.log.info("drawing the UMAP and each sample's overview")
     labels = table["label"].to_numpy()
     counts = class_counts(table)
     usable = table[table["excluded_reason"] == ""]
     top = labelling.markers.sort_values("rank").groupby("label")["gene"].apply(lambda g: ", ".join(g.head(5)))
     return MaterializeResult(
         metadata={
-            "path": MetadataValue.path(str(out / LABELS)),
+            "path": MetadataValue.path(str(project.paths.labels_table)),
             "label_version": version,
             "method": config.method,
             "samples": ", ".join(ready),
@@ -139,7 +153,8 @@ def cell_labels(context: AssetExecutionContext, config: LabelConfig, project: Pr
                 labelling.notes + ([f"samples without qc_adata: {', '.join(missing)}"] if missing else [])
             ),
             "umap": image(umap_figure(joint, labels, seed=config.seed), "UMAP by label"),
-            "spatial_maps": images({s: spatial_figure(joint, labels, s) for s in ready}),
+            "overviews": images(_overviews(project, table, ready)),
+            "overview_dir": MetadataValue.path(str(out / OVERVIEWS)),
         },
         data_version=DataVersion(version),
     )

@@ -7,7 +7,7 @@ from collections import Counter
 import pandas as pd
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
 
-from xenium_assets.defs.cell_labels import LABELS, LabelConfig, cell_labels
+from xenium_assets.defs.cell_labels import LabelConfig, cell_labels
 from xenium_assets.defs.partitions import sample_partitions
 from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.qc_adata import SUMMARY, qc_adata
@@ -41,7 +41,7 @@ def qc_pass_fraction(context: AssetCheckExecutionContext) -> AssetCheckResult:
     description=f"At least two label classes, each with {MIN_CLASS_CELLS}+ usable cells.",
 )
 def label_classes_above_minimum(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    table = pd.read_parquet(context.resources.project.paths.labels_dir / LABELS)
+    table = pd.read_parquet(context.resources.project.paths.labels_table)
     counts = table.loc[table["excluded_reason"] == "", "label"].value_counts()
     small = counts[counts < MIN_CLASS_CELLS]
     return AssetCheckResult(

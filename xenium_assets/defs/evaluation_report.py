@@ -18,7 +18,7 @@ from dagster_mlflow import end_mlflow_on_run_finished
 
 from xenium_assets.defs.metadata import image
 from xenium_assets.defs.resources import ProjectResource
-from xenium_assets.defs.trained_model import LATEST, sample_shard_dirs, trained_model
+from xenium_assets.defs.trained_model import sample_shard_dirs, trained_model
 from xenium_assets.training.report import confusion_figure
 from xenium_assets.training.run import evaluate_model, summary
 
@@ -29,7 +29,7 @@ class ReportConfig(Config):
 
 
 def _latest(project: ProjectResource) -> dict:
-    path = project.paths.data_dir / "models" / LATEST
+    path = project.paths.latest_model
     if not path.exists():
         raise Failure("no trained model: materialize trained_model first", allow_retries=False)
     return json.loads(path.read_text())
@@ -51,7 +51,7 @@ def evaluation_report(context: AssetExecutionContext, config: ReportConfig) -> M
     project = context.resources.project
     latest = _latest(project)
     model_dir = Path(latest["folder"])
-    out = project.paths.data_dir / "reports" / model_dir.name
+    out = project.paths.report_dir(model_dir.name)
     ev, _, _ = evaluate_model(
         model_dir, sample_shard_dirs(context, project), out, seed=config.seed, report=context.log.info
     )
@@ -85,7 +85,7 @@ def evaluation_report(context: AssetExecutionContext, config: ReportConfig) -> M
 )
 def beats_majority_baseline(context) -> AssetCheckResult:
     latest = _latest(context.resources.project)
-    folder = context.resources.project.paths.data_dir / "reports" / Path(latest["folder"]).name
+    folder = context.resources.project.paths.report_dir(Path(latest["folder"]).name)
     metrics = json.loads((folder / "metrics.json").read_text())
     passed = metrics["test_macro_f1_ci_low"] > metrics["majority_macro_f1"]
     return AssetCheckResult(

@@ -17,7 +17,7 @@ from dagster import (
 )
 
 from xenium_assets.bundle.manifest import read_manifest
-from xenium_assets.defs.cell_labels import LABELS, cell_labels
+from xenium_assets.defs.cell_labels import cell_labels
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
 from xenium_assets.defs.metadata import counts_table, image
@@ -90,7 +90,7 @@ def patch_shards(
     for key in context.partition_keys:
         dims = key.keys_by_dimension
         tiles_by_sample[dims["sample"]].append(dims["tile"])
-    labels_path = project.paths.labels_dir / LABELS
+    labels_path = project.paths.labels_table
     if not labels_path.exists():
         raise Failure("no cell labels yet: materialize cell_labels first", allow_retries=False)
     labels = pq.read_table(labels_path).to_pandas()

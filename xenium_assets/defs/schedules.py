@@ -7,7 +7,7 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 
 from xenium_assets.defs.evaluation_report import evaluation_report
 from xenium_assets.defs.resources import ProjectResource
-from xenium_assets.defs.trained_model import LATEST, trained_model, training_inputs
+from xenium_assets.defs.trained_model import trained_model, training_inputs
 
 CRON_ENV = "XENIUM_ASSETS_RETRAIN_CRON"
 DEFAULT_CRON = "0 3 * * 1"  # Mondays, 03:00
@@ -15,7 +15,7 @@ TRAINING_TAG = "xenium-assets/training"
 
 
 def last_trained_on(project: ProjectResource) -> str | None:
-    latest = project.paths.data_dir / "models" / LATEST
+    latest = project.paths.latest_model
     return json.loads(latest.read_text()).get("inputs") if latest.exists() else None
 
 

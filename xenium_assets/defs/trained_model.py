@@ -19,7 +19,6 @@ from xenium_assets.training.run import TrainingError, train_model
 from xenium_assets.training.splits import SplitConfig
 from xenium_assets.training.train import TrainConfig
 
-LATEST = "latest.json"
 MLFLOW_UI = "http://127.0.0.1:5000"
 
 
@@ -89,7 +88,7 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
         raise Failure("no patch shards: materialize patch_shards first", allow_retries=False)
     inputs = training_inputs(project)  # what the retrain schedule compares against
     run = mlflow.active_run()
-    out = project.paths.data_dir / "models" / run.info.run_id
+    out = project.paths.models_dir / run.info.run_id
     data = DataConfig(
         input_px=config.input_px,
         representation=config.representation,
@@ -145,7 +144,7 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
     )
     version = getattr(logged, "registered_model_version", None)
     write_json(
-        project.paths.data_dir / "models" / LATEST,
+        project.paths.latest_model,
         {
             "folder": str(out),
             "mlflow_run_id": run.info.run_id,

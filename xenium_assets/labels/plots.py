@@ -34,23 +34,3 @@ def umap_figure(joint: ad.AnnData, labels: np.ndarray, *, seed: int = 0) -> byte
     ax.set_title(f"UMAP of {len(take):,} cells by label")
     ax.legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
     return png_bytes(fig)
-
-
-def spatial_figure(joint: ad.AnnData, labels: np.ndarray, sample: str) -> bytes:
-    """Cell centroids of one sample coloured by label, in image orientation (y down)."""
-    mask = joint.obs["sample"].astype(str).to_numpy() == sample
-    xy = joint.obsm["spatial"][mask]
-    sample_labels = labels[mask]
-    colors = label_colors(list(labels))
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    size = max(0.5, min(8.0, 20000 / max(mask.sum(), 1)))
-    for name in sorted(set(sample_labels)):
-        m = sample_labels == name
-        ax.scatter(xy[m, 0], xy[m, 1], s=size, color=colors[name], label=name, linewidths=0)
-    ax.set_aspect("equal")
-    ax.invert_yaxis()
-    ax.set_xlabel("x (µm)")
-    ax.set_ylabel("y (µm)")
-    ax.set_title(f"{sample}: labels in place")
-    ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
-    return png_bytes(fig)

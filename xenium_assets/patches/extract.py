@@ -27,6 +27,8 @@ from xenium_assets.patches.grid import PatchSpec, tile_window
 from xenium_assets.raster import PolygonRaster, read_window, tile_windows
 
 BLOCK_PX = 2048
+CHUNK_CELLS = 256
+"""Cells cropped at once (their DAPI, label crops and masks: about 30 MB), whatever the density."""
 MASK_NUCLEUS, MASK_PERINUCLEAR = 1, 2
 
 # Skip reasons, most fundamental first: a cell is counted under the first that applies.
@@ -201,21 +203,24 @@ def extract_tile(task: TileTask) -> dict:
             if not len(pick):
                 continue
             region = block.pad(half)
-            t, l_ = top[pick] - region.y0, left[pick] - region.x0
-            dapi = crop(read_window(image, region), t, l_, size)
-            nuc = crop(nuclei.window(region), t, l_, size)
-            cel = crop(outlines.window(region), t, l_, size)
-            own = own_value[pick][:, None, None]
-            # Nucleus: this cell's nuclei only. Perinuclear: inside its cell polygon and in no nucleus at all,
-            # so a neighbour's nucleus never enters this cell's masks. Bools are 0/1 bytes: view them as uint8.
-            nucleus = (nuc == own).view(np.uint8)
-            perinuclear = ((cel == own) & (nuc == 0)).view(np.uint8)
-            mask = nucleus * np.uint8(MASK_NUCLEUS) + perinuclear * np.uint8(MASK_PERINUCLEAR)
-            for j, i in enumerate(pick):
-                shard_of[i] = writer.write(keys[i], dapi[j], mask[j], metas[i])
-                ex = examples.setdefault(metas[i]["label"], [])
-                if len(ex) < task.examples_per_class:
-                    ex.append((dapi[j].copy(), mask[j].copy()))
+            pixels, nuclei_px, outlines_px = read_window(image, region), nuclei.window(region), outlines.window(region)
+            # Crops are made CHUNK_CELLS at a time: a block's worth at once would grow with cell density.
+            for chunk in np.array_split(pick, -(-len(pick) // CHUNK_CELLS)):
+                t, l_ = top[chunk] - region.y0, left[chunk] - region.x0
+                dapi = crop(pixels, t, l_, size)
+                nuc = crop(nuclei_px, t, l_, size)
+                cel = crop(outlines_px, t, l_, size)
+                own = own_value[chunk][:, None, None]
+                # Nucleus: this cell's nuclei only. Perinuclear: inside its cell polygon and in no nucleus at
+                # all, so a neighbour's nucleus never enters this cell's masks. Bools are 0/1 bytes: view as uint8.
+                nucleus = (nuc == own).view(np.uint8)
+                perinuclear = ((cel == own) & (nuc == 0)).view(np.uint8)
+                mask = nucleus * np.uint8(MASK_NUCLEUS) + perinuclear * np.uint8(MASK_PERINUCLEAR)
+                for j, i in enumerate(chunk):
+                    shard_of[i] = writer.write(keys[i], dapi[j], mask[j], metas[i])
+                    ex = examples.setdefault(metas[i]["label"], [])
+                    if len(ex) < task.examples_per_class:
+                        ex.append((dapi[j].copy(), mask[j].copy()))
     finally:
         published = writer.close()
     written = np.array([s is not None for s in shard_of], dtype=bool)

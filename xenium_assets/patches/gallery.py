@@ -29,3 +29,15 @@ def gallery(examples: dict[str, list[tuple[np.ndarray, np.ndarray]]], per_class:
                 ax.set_title(label, fontsize=8, loc="left")
     fig.tight_layout()
     return png_bytes(fig)
+
+
+def patch_rgb(dapi: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(P, P, 3) uint8 of one patch as the gallery draws it, without matplotlib (for widgets and icons)."""
+    from scipy.ndimage import binary_erosion
+
+    lo, hi = np.percentile(dapi, [1, 99.5])
+    grey = (np.clip((dapi.astype(np.float32) - lo) / max(hi - lo, 1.0), 0, 1) * 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    for region, colour in ((mask > 0, (255, 255, 0)), (mask == MASK_NUCLEUS, (0, 255, 255))):
+        rgb[region & ~binary_erosion(region)] = colour
+    return rgb

@@ -97,12 +97,19 @@ def iter_polygons(path: Path) -> Iterator[Polygons]:
             )
 
 
-def _gather(starts: np.ndarray, rows: np.ndarray, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def gather(starts: np.ndarray, rows: np.ndarray, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vertex row indices of the picked polygons, and their list offsets (vectorised ragged gather)."""
     lengths = rows[pick]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     index = np.repeat(starts[pick] - offsets[:-1], lengths) + np.arange(offsets[-1])
     return index, offsets
+
+
+def usable_polygons(batch: Polygons, owner: np.ndarray) -> np.ndarray:
+    """Indices of the batch's polygons that can be drawn: a known owner, a closed ring (>= 4 vertices), no NaN."""
+    bad = np.isnan(batch.x) | np.isnan(batch.y)
+    ok = (batch.rows >= 4) & (np.add.reduceat(bad, batch.starts) == 0) & (owner >= 0)
+    return np.flatnonzero(ok)
 
 
 def polygons_from_offsets(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -151,13 +158,11 @@ def split_by_tile(
             for batch in iter_polygons(manifest.path(role)):
                 rows_px = (batch.y - oy) / ps
                 cols_px = (batch.x - ox) / ps
-                ok = (batch.rows >= 4) & (np.add.reduceat(np.isnan(cols_px) | np.isnan(rows_px), batch.starts) == 0)
                 owner = index.get_indexer(batch.ids)
                 unknown += int((owner < 0).sum())
-                ok &= owner >= 0
-                pick = np.flatnonzero(ok)
+                pick = usable_polygons(batch, owner)
                 counts[kind] += len(pick)
-                vidx, offsets = _gather(batch.starts, batch.rows, pick)
+                vidx, offsets = gather(batch.starts, batch.rows, pick)
                 polys = polygons_from_offsets(np.column_stack([batch.x[vidx], batch.y[vidx]]), offsets)
                 area = shapely.area(polys)
                 if kind == "nucleus":
@@ -182,7 +187,7 @@ def split_by_tile(
                 vx, vy = cols_px[vidx].astype(np.float32), rows_px[vidx].astype(np.float32)
                 for tile in np.unique(pair_tile):
                     sel = pair_poly[pair_tile == tile]
-                    sub_idx, sub_off = _gather(offsets[:-1], np.diff(offsets), sel)
+                    sub_idx, sub_off = gather(offsets[:-1], np.diff(offsets), sel)
                     table = pa.table(
                         [
                             pa.array(batch.ids[pick[sel]].tolist(), pa.string()),

@@ -149,3 +149,20 @@ def index_metadata(folder: Path) -> dict[str, str]:
 
 def read_summary(folder: Path) -> dict:
     return json.loads((Path(folder) / SUMMARY).read_text())
+
+
+def read_patches(rows: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(DAPI, mask) of the index ``rows`` (columns ``key`` and ``path``), in their order.
+
+    Random access for a handful of patches (the viewer's class gallery): each shard is opened once and
+    only the wanted members are read; training streams whole shards with webdataset instead.
+    """
+    import tarfile
+
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for path, group in rows.groupby("path", sort=False):
+        with tarfile.open(path) as tar:
+            for key in group["key"]:
+                arrays = [np.load(io.BytesIO(tar.extractfile(f"{key}.{part}.npy").read())) for part in ("dapi", "mask")]
+                found[key] = (arrays[0], arrays[1])
+    return [found[k] for k in rows["key"]]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -92,6 +93,22 @@ class SynthResult:
 def truth_paths(bundle: Path) -> tuple[Path, Path]:
     """Ground truth lives beside the bundle (never inside it): <bundle>.truth.parquet / .json."""
     return bundle.with_name(bundle.name + ".truth.parquet"), bundle.with_name(bundle.name + ".truth.json")
+
+
+def truth_labels(bundle: Path, sample: str) -> pd.DataFrame:
+    """The ground-truth classes as a labels table (cell_labels' columns): for tests and benchmarks of later
+    stages that need no clustering."""
+    truth = pq.read_table(truth_paths(bundle)[0], columns=["cell_id", "label"]).to_pandas()
+    return pd.DataFrame(
+        {
+            "sample": sample,
+            "cell_id": truth["cell_id"],
+            "label": truth["label"],
+            "confidence": 1.0,
+            "excluded_reason": "",
+            "label_version": "truth-1",
+        }
+    )
 
 
 def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

@@ -1,0 +1,102 @@
+"""A whole-slide picture without a screen: DAPI in grey with every cell filled in its label's colour.
+
+The DAPI comes from the pyramid level nearest the picture's size and the cells are burnt at that
+level's resolution (slide.LabelLevel), so a 10^6-cell slide costs one small read and one
+rasterisation, never a full-resolution image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Patch
+
+from xenium_assets.bundle.manifest import Manifest
+from xenium_assets.plots import label_colors, png_bytes
+from xenium_assets.slide import DapiPyramid, LabelLevel, SlideGeometry
+
+EXCLUDED = "excluded"
+ALPHA = 0.5
+
+
+def class_codes(labels: pd.DataFrame) -> tuple[list[str], pd.Series]:
+    """Classes (sorted usable labels, then 'excluded' if any cell is) and each cell's 1-based class code."""
+    usable = labels["excluded_reason"] == ""
+    names = sorted(labels.loc[usable, "label"].unique())
+    if (~usable).any():
+        names.append(EXCLUDED)
+    code = {name: i + 1 for i, name in enumerate(names)}
+    shown = labels["label"].where(usable, EXCLUDED)
+    return names, pd.Series(shown.map(code).to_numpy(), index=labels["cell_id"].to_numpy())
+
+
+def class_palette(names: list[str]) -> dict[str, tuple]:
+    """The colour of each class: the project's label colours, grey for excluded cells."""
+    colors = label_colors([n for n in names if n != EXCLUDED])
+    colors[EXCLUDED] = colors["Unassigned"]
+    return {n: colors[n] for n in names}
+
+
+def overview_level(levels: list[tuple[int, int]], target_px: int) -> int:
+    """The coarsest pyramid level whose longer side still has ``target_px`` pixels (else the finest)."""
+    fits = [i for i, shape in enumerate(levels) if max(shape) >= target_px]
+    return fits[-1] if fits else 0
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The composited picture, the class code burnt at each of its pixels, and its zoom-out factor."""
+
+    rgb: np.ndarray
+    codes: np.ndarray
+    factor: int
+    names: list[str]
+    palette: dict[str, tuple]
+
+
+def overview(manifest: Manifest, geometry: SlideGeometry, labels: pd.DataFrame, target_px: int = 1200) -> Overview:
+    """DAPI (1st-99.5th percentile, grey) blended with each labelled cell's class colour, at a pyramid level."""
+    names, codes = class_codes(labels)
+    palette = class_palette(names)
+    level = overview_level([tuple(s) for s in manifest.dapi.levels], target_px)
+    with DapiPyramid(manifest) as pyramid:
+        dapi = np.asarray(pyramid.levels[level][...], dtype=np.float32)
+    full = tuple(manifest.dapi.levels[0])
+    factor = round(full[1] / dapi.shape[1])
+    burnt = LabelLevel(geometry.cells, full, factor, geometry.lookup(codes.index, codes.to_numpy()))[
+        : dapi.shape[0], : dapi.shape[1]
+    ]
+    lo, hi = np.percentile(dapi, [1, 99.5])
+    grey = np.clip((dapi - lo) / max(hi - lo, 1.0), 0, 1)[..., None].repeat(3, axis=2)
+    table = np.zeros((len(names) + 1, 3), dtype=np.float32)
+    table[1:] = [palette[n][:3] for n in names]
+    rgb = np.where((burnt > 0)[..., None], (1 - ALPHA) * grey + ALPHA * table[burnt], grey)
+    return Overview(rgb=rgb, codes=burnt, factor=factor, names=names, palette=palette)
+
+
+def overview_png(
+    manifest: Manifest, geometry: SlideGeometry, labels: pd.DataFrame, target_px: int = 1200, title: str = ""
+) -> bytes:
+    """The overview as a captioned PNG with a µm axis and a legend of class counts."""
+    import matplotlib.pyplot as plt
+
+    view = overview(manifest, geometry, labels, target_px)
+    height, width = view.rgb.shape[:2]
+    um = view.factor * manifest.pixel_size_um
+    fig, ax = plt.subplots(figsize=(8, 8 * height / width + 0.6))
+    ax.imshow(view.rgb, extent=(0, width * um, height * um, 0))
+    ax.set_xlabel("µm")
+    ax.set_title(title or manifest.sample, fontsize=10, loc="left")
+    counts = class_codes(labels)[1].value_counts()
+    ax.legend(
+        handles=[
+            Patch(color=view.palette[n], label=f"{n} ({counts.get(i + 1, 0):,})") for i, n in enumerate(view.names)
+        ],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+        fontsize=7,
+        frameon=False,
+    )
+    return png_bytes(fig, dpi=100)

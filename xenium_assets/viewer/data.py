@@ -1,0 +1,152 @@
+"""What the viewer shows of a sample, gathered from the project's asset outputs (no napari here).
+
+Only the raw bundle is required; labels, patch shards and predictions are shown when their assets
+have been materialized. Predictions exist only for the held-out test tiles: cells the model trained
+on would look better than they are, so they are not predicted at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from xenium_assets.bundle.ids import normalise_ids
+from xenium_assets.bundle.manifest import MANIFEST, Manifest, read_manifest
+from xenium_assets.formats import Col
+from xenium_assets.labels.overview import class_codes, class_palette
+from xenium_assets.patches.shards import INDEX, read_index
+from xenium_assets.paths import ProjectPaths
+from xenium_assets.progress import Progress, no_progress
+from xenium_assets.slide import SlideGeometry, read_geometry
+
+
+class ViewerError(RuntimeError):
+    """A sample cannot be shown; the message says what to materialize."""
+
+
+@dataclass
+class ViewData:
+    """One sample's image, cells and (when present) labels, predictions and patch index."""
+
+    sample: str
+    manifest: Manifest
+    geometry: SlideGeometry
+    labels: pd.DataFrame | None
+    predictions: pd.DataFrame | None
+    patches: pd.DataFrame | None
+
+    @property
+    def classes(self) -> list[str]:
+        return class_codes(self.labels)[0] if self.labels is not None else []
+
+    @property
+    def palette(self) -> dict[str, tuple]:
+        return class_palette(self.classes)
+
+    def label_values(self) -> np.ndarray:
+        """Ordinal -> expression-label class code (0 for unlabelled cells)."""
+        _, codes = class_codes(self.labels)
+        return self.geometry.lookup(codes.index, codes.to_numpy())
+
+    def predicted_values(self) -> np.ndarray:
+        """Ordinal -> predicted class code, in the expression labels' codes (0 outside the test tiles)."""
+        code = {name: i + 1 for i, name in enumerate(self.classes)}
+        p = self.predictions
+        return self.geometry.lookup(p["cell_id"], p["predicted"].map(code).fillna(0).astype(int))
+
+    def correct_values(self) -> np.ndarray:
+        """Ordinal -> 1 if the prediction matches the expression label, 2 if not, 0 if not predicted."""
+        p = self.predictions
+        return self.geometry.lookup(p["cell_id"], np.where(p["predicted"] == p["label"], 1, 2))
+
+
+def _labels(paths: ProjectPaths, sample: str) -> pd.DataFrame | None:
+    if not paths.labels_table.exists():
+        return None
+    table = pq.read_table(paths.labels_table, filters=[("sample", "==", sample)]).to_pandas()
+    return table if len(table) else None
+
+
+def _predictions(paths: ProjectPaths, sample: str) -> pd.DataFrame | None:
+    """The latest model's test-split predictions for this sample, with cell ids."""
+    if not paths.latest_model.exists():
+        return None
+    folder = Path(json.loads(paths.latest_model.read_text())["folder"])
+    path = paths.report_dir(folder.name) / "predictions.parquet"
+    if not path.exists():
+        return None
+    table = pd.read_parquet(path, columns=["key", "sample", "label", "predicted"])
+    table = table[table["sample"] == sample]
+    if not len(table):
+        return None
+    return table.assign(cell_id=table["key"].str.slice(len(sample) + 1))
+
+
+def _patches(paths: ProjectPaths, sample: str) -> pd.DataFrame | None:
+    tiles = sorted(p.parent for p in paths.asset_dir(sample, "patch_shards").glob(f"*/{INDEX}"))
+    index = read_index(tiles)
+    return index if len(index) else None
+
+
+def load_view_data(paths: ProjectPaths, sample: str, progress: Progress = no_progress) -> ViewData:
+    """Everything the viewer needs of ``sample``; raises ViewerError if its raw_bundle is missing."""
+    raw = paths.asset_dir(sample, "raw_bundle")
+    if not (raw / MANIFEST).exists():
+        known = sorted(p.parent.name for p in paths.samples_dir.glob("*/raw_bundle") if (p / MANIFEST).exists())
+        raise ViewerError(
+            f"sample {sample!r} has no raw_bundle in {paths.data_dir}: materialize it first "
+            f"(`xenium-assets demo`, or the UI){'; samples with one: ' + ', '.join(known) if known else ''}"
+        )
+    manifest = read_manifest(raw)
+    progress("read cell and nucleus polygons", 0, 1)
+    geometry = read_geometry(manifest)
+    progress("read cell and nucleus polygons", 1, 1)
+    return ViewData(
+        sample=sample,
+        manifest=manifest,
+        geometry=geometry,
+        labels=_labels(paths, sample),
+        predictions=_predictions(paths, sample),
+        patches=_patches(paths, sample),
+    )
+
+
+def _batches(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    if path.name.endswith(".parquet"):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=1 << 20, columns=columns)
+    else:
+        yield from pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(include_columns=columns))
+
+
+def read_transcripts(manifest: Manifest, genes: Sequence[str]) -> pd.DataFrame:
+    """Transcripts of ``genes`` (gene, row_px, col_px), streamed: a slide's 10^8 rows never sit in memory."""
+    path = manifest.path("transcripts")
+    if path is None:
+        raise ViewerError(f"{manifest.bundle_dir} has no transcripts table: drop the --gene option")
+    ox, oy = manifest.image_origin_um
+    ps = manifest.pixel_size_um
+    panel: set[str] = set()
+    parts = []
+    for batch in _batches(path, [Col.FEATURE_NAME, Col.X_LOCATION, Col.Y_LOCATION]):
+        names = normalise_ids(batch.column(Col.FEATURE_NAME))
+        panel.update(np.unique(names))
+        keep = np.isin(names, list(genes))
+        x = batch.column(Col.X_LOCATION).to_numpy()[keep]
+        y = batch.column(Col.Y_LOCATION).to_numpy()[keep]
+        parts.append(pd.DataFrame({"gene": names[keep], "row_px": (y - oy) / ps, "col_px": (x - ox) / ps}))
+    missing = [g for g in genes if g not in panel]
+    if missing:
+        listed = sorted(panel)
+        raise ViewerError(
+            f"{', '.join(missing)} not in the panel of {path.name} ({len(listed)} names: {', '.join(listed[:8])}, ...)"
+        )
+    spots = pd.concat(parts, ignore_index=True)
+    return spots.assign(gene=pd.Categorical(spots["gene"], categories=list(genes)))
