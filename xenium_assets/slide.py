@@ -38,8 +38,8 @@ BASE_MIN_FACTOR = 4
 
 
 class DapiPyramid:
-    """Every level of the DAPI plane's pyramid (full resolution first), lazily decoded; a context manager,
-    or closed when garbage-collected (a viewer layer keeps it open as long as it shows it)."""
+    """Every level of the DAPI plane's pyramid (full resolution first), lazily decoded; close it (or use it
+    as a context manager) to release the file."""
 
     def __init__(self, manifest: Manifest) -> None:
         self._tif = tifffile.TiffFile(manifest.dapi_path, is_ome=False)

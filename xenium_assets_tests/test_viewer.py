@@ -250,8 +250,8 @@ def test_class_widget_shows_patches_and_jumps_to_the_clicked_cell(viewer):
     widget.buttons[0].click()
     row = widget.shown.iloc[0]
     ox, oy = data.manifest.image_origin_um
-    np.testing.assert_allclose(v.camera.center[-2:], (row["y_um"] - oy, row["x_um"] - ox), atol=1e-6)
-    assert v.camera.zoom == app.JUMP_ZOOM and v.layers[app.SELECTED].visible
+    np.testing.assert_allclose(v.scene.camera.center[-2:], (row["y_um"] - oy, row["x_um"] - ox), atol=1e-6)
+    assert v.scene.camera.zoom == app.JUMP_ZOOM and v.layers[app.SELECTED].visible
 
 
 def test_view_command_saves_a_screenshot_and_exits(screen, viewed, tmp_path):

@@ -73,7 +73,7 @@ def build_viewer(
     dapi = viewer.add_image(
         pyramid.levels, multiscale=True, name=DAPI, colormap="gray", contrast_limits=(float(lo), float(hi)), **scale
     )
-    dapi.metadata["pyramid"] = pyramid  # the open file lives as long as the layer
+    viewer.layers.events.removed.connect(lambda event: event.value is dapi and pyramid.close())
     report(f"DAPI pyramid: {n_levels} levels, {full[1]} x {full[0]} px at {ps:.4f} µm/px")
 
     cache = burn_cache()  # one burn per window serves the cell layer and every class layer
@@ -152,8 +152,8 @@ def jump_to(viewer: napari.Viewer, data: ViewData, x_um: float, y_um: float) -> 
     ox, oy = data.manifest.image_origin_um
     ps = data.manifest.pixel_size_um
     row, col = (y_um - oy) / ps, (x_um - ox) / ps
-    viewer.camera.center = (row * ps, col * ps)
-    viewer.camera.zoom = JUMP_ZOOM
+    viewer.scene.camera.center = (row * ps, col * ps)
+    viewer.scene.camera.zoom = JUMP_ZOOM
     ring = viewer.layers[SELECTED]
     ring.data = np.array([[row, col]])
     ring.visible = True
