@@ -32,7 +32,7 @@ from xenium_assets.raster import PolygonRaster, Window, read_window
 # Below this zoom, cells are a few pixels wide: burn every pixel a polygon touches so none vanish.
 ALL_TOUCHED_FROM = 4
 BASE_PX = 2048
-"""Zoomed out to a level no larger than this, the whole slide is burnt once (see _BurnCache)..."""
+"""Zoomed out to a level no larger than this, the whole slide is burnt once (see BurnCache)..."""
 BASE_MIN_FACTOR = 4
 """...but never at less than 1/4 zoom, where cells cover too many pixels for PolygonRaster.burn_all."""
 
@@ -116,7 +116,7 @@ def read_geometry(manifest: Manifest) -> SlideGeometry:
     )
 
 
-class _BurnCache:
+class BurnCache:
     """Burnt windows shared by the layers of one viewer, so each window is burnt once.
 
     Zoomed out, one burn serves every level: the whole slide is burnt once (PolygonRaster.burn_all) at the
@@ -190,10 +190,10 @@ class LabelLevel:
         full_shape: tuple[int, int],
         factor: int,
         values: np.ndarray | None = None,
-        cache: _BurnCache | None = None,
+        cache: BurnCache | None = None,
     ) -> None:
         self.raster, self.full_shape, self.factor, self.values = raster, full_shape, factor, values
-        self.cache = cache or _BurnCache()
+        self.cache = cache or BurnCache()
         self.shape = (math.ceil(full_shape[0] / factor), math.ceil(full_shape[1] / factor))
         self.dtype = np.dtype(np.uint32)
         self.ndim = 2
@@ -218,13 +218,8 @@ def label_pyramid(
     full_shape: tuple[int, int],
     n_levels: int,
     values: np.ndarray | None = None,
-    cache: _BurnCache | None = None,
+    cache: BurnCache | None = None,
 ) -> list[LabelLevel]:
     """Levels at zoom 1, 1/2, 1/4, ... matching a DAPI pyramid of ``n_levels`` levels."""
-    cache = cache or _BurnCache()
+    cache = cache or BurnCache()
     return [LabelLevel(raster, full_shape, 2**i, values, cache) for i in range(n_levels)]
-
-
-def burn_cache() -> _BurnCache:
-    """A cache to share between layers that burn the same polygons."""
-    return _BurnCache()

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import QGridLayout, QLabel, QListWidget, QListWidgetItem, QT
 
 from xenium_assets.patches.gallery import patch_rgb
 from xenium_assets.patches.shards import read_patches
-from xenium_assets.slide import DapiPyramid, burn_cache, label_pyramid
+from xenium_assets.slide import BurnCache, DapiPyramid, label_pyramid
 from xenium_assets.viewer.data import ViewData, read_transcripts
 
 DAPI, NUCLEI, CELLS = "DAPI", "nuclei", "cells"
@@ -39,15 +39,25 @@ def _colormap(colors: dict[int, tuple]) -> DirectLabelColormap:
     return DirectLabelColormap(color_dict={None: TRANSPARENT, 0: TRANSPARENT, **colors})
 
 
-def _class_layer(viewer, data: ViewData, name: str, values: np.ndarray, colors: dict[int, tuple], names, **kw):
+def _class_layer(
+    viewer: napari.Viewer,
+    data: ViewData,
+    cache: BurnCache,
+    name: str,
+    values: np.ndarray,
+    colors: dict[int, tuple],
+    names: list[str],
+    **layer_options,
+) -> napari.layers.Labels:
+    """A labels layer showing each cell's class code (``values``: ordinal -> code) in its class colour."""
     full = tuple(data.manifest.dapi.levels[0])
     layer = viewer.add_labels(
-        label_pyramid(data.geometry.cells, full, len(data.manifest.dapi.levels), values, kw.pop("cache")),
+        label_pyramid(data.geometry.cells, full, len(data.manifest.dapi.levels), values, cache),
         multiscale=True,
         name=name,
         colormap=_colormap(colors),
         features=pd.DataFrame({"index": np.arange(1, len(names) + 1), "class": names}),
-        **kw,
+        **layer_options,
     )
     layer.metadata["classes"] = dict(enumerate(names, start=1))
     return layer
@@ -76,7 +86,7 @@ def build_viewer(
     viewer.layers.events.removed.connect(lambda event: event.value is dapi and pyramid.close())
     report(f"DAPI pyramid: {n_levels} levels, {full[1]} x {full[0]} px at {ps:.4f} µm/px")
 
-    cache = burn_cache()  # one burn per window serves the cell layer and every class layer
+    cache = BurnCache()  # one burn per window serves the cell layer and every class layer
     cell_features = pd.DataFrame({"index": np.arange(1, len(geometry.ids) + 1), "cell_id": geometry.ids.to_numpy()})
     for name, raster in ((NUCLEI, geometry.nuclei), (CELLS, geometry.cells)):
         layer = viewer.add_labels(
@@ -92,32 +102,12 @@ def build_viewer(
     if data.labels is not None:
         names = data.classes
         colors = {i + 1: data.palette[n] for i, n in enumerate(names)}
-        _class_layer(viewer, data, LABEL, data.label_values(), colors, names, opacity=0.5, cache=cache, **scale)
+        _class_layer(viewer, data, cache, LABEL, data.label_values(), colors, names, opacity=0.5, **scale)
         if data.predictions is not None:
-            _class_layer(
-                viewer,
-                data,
-                PREDICTED,
-                data.predicted_values(),
-                colors,
-                names,
-                opacity=0.5,
-                visible=False,
-                cache=cache,
-                **scale,
-            )
-            _class_layer(
-                viewer,
-                data,
-                CORRECT,
-                data.correct_values(),
-                CORRECT_COLORS,
-                ["correct", "incorrect"],
-                opacity=0.6,
-                visible=False,
-                cache=cache,
-                **scale,
-            )
+            hidden = {"visible": False, **scale}
+            _class_layer(viewer, data, cache, PREDICTED, data.predicted_values(), colors, names, opacity=0.5, **hidden)
+            outcomes = ["correct", "incorrect"]
+            _class_layer(viewer, data, cache, CORRECT, data.correct_values(), CORRECT_COLORS, outcomes, **hidden)
         predicted = ", predictions of the test tiles" if data.predictions is not None else ""
         report(f"labels: {len(names)} classes{predicted}")
 
