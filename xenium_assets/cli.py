@@ -209,20 +209,22 @@ def view(sample: str, genes: tuple[str, ...], screenshot: Path | None) -> None:
 
         from xenium_assets.viewer.app import build_viewer, save_screenshot
     except ImportError as exc:
-        _fail(f"the viewer needs napari and Qt ({exc.name} is missing): pip install -e '.[viewer]'")
+        _fail(f"the viewer needs napari and Qt ({exc.name or exc}): pip install -e '.[viewer]'")
     if screenshot is None and sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         _fail("no screen (DISPLAY is unset): run it on a desktop, or save a picture with --screenshot PNG")
     try:
-        data = load_view_data(ProjectPaths.default(), sample, TqdmProgress())
+        data = load_view_data(ProjectPaths.default(), sample, genes, TqdmProgress())
         with virtual_display() if screenshot else nullcontext():
-            viewer = build_viewer(data, genes, report=click.echo)
-            if screenshot is not None:
-                save_screenshot(viewer, screenshot)
-                click.echo(f"first view in {time.perf_counter() - start:.1f} s; saved {screenshot}")
-                viewer.close()
+            viewer = build_viewer(data, report=click.echo)
+            if screenshot is None:
+                click.echo(f"first view in {time.perf_counter() - start:.1f} s")
+                napari.run()
                 return
-            click.echo(f"first view in {time.perf_counter() - start:.1f} s")
-            napari.run()
+            try:
+                save_screenshot(viewer, screenshot)
+            finally:
+                viewer.close()
+            click.echo(f"first view in {time.perf_counter() - start:.1f} s; saved {screenshot}")
     except (ViewerError, BundleError, DisplayUnavailable) as exc:
         _fail(str(exc))
 

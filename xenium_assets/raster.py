@@ -130,9 +130,10 @@ class PolygonRaster:
             out[rows[hit], cols[hit]] = labels[owner[hit]]
             missed = np.setdiff1d(np.arange(len(polys)), owner[hit])
             if len(missed):
-                centre = shapely.get_coordinates(shapely.centroid(polys[missed])) / factor
-                r = np.clip(centre[:, 1].astype(np.int64), 0, shape[0] - 1)
-                c = np.clip(centre[:, 0].astype(np.int64), 0, shape[1] - 1)
+                centre = np.floor(shapely.get_coordinates(shapely.centroid(polys[missed])) / factor).astype(np.int64)
+                r, c = centre[:, 1], centre[:, 0]
+                on = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
+                r, c, missed = r[on], c[on], missed[on]
                 empty = out[r, c] == 0
                 out[r[empty], c[empty]] = labels[missed[empty]]
         return out

@@ -1,9 +1,10 @@
 """A slide as lazily read multiscale layers: the DAPI pyramid, and label images burnt from polygons.
 
-Nothing here holds a whole slide. A DAPI level is a zarr view on the OME-TIFF pyramid (tifffile
-decodes only the tiles a slice touches); a label level rasterises, at that level's resolution, only
-the polygons inside the window asked for. Both speak the array protocol napari reads (shape, dtype,
-slicing), so the viewer and the static overview show the same pixels.
+Nothing here holds a full-resolution slide. A DAPI level is a zarr view on the OME-TIFF pyramid
+(tifffile decodes only the tiles a slice touches); a label level has the DAPI level's shape and is
+burnt at that level's resolution: zoomed in, only the polygons inside the window asked for; zoomed out,
+the whole slide once at a small size (BurnCache). Both speak the array protocol napari reads (shape,
+dtype, slicing), so the label pixels sit on the DAPI pixels.
 
 Label images hold a cell's ordinal (1..n, 0 is background); a lookup table turns ordinals into class
 codes, so the cell, class, prediction and correctness layers all share one rasterisation per window.
@@ -66,7 +67,7 @@ class SlideGeometry:
     ids: pd.Index
     centroid_px: np.ndarray
     cells: PolygonRaster
-    nuclei: PolygonRaster
+    nuclei: PolygonRaster | None
 
     def ordinals(self, cell_ids) -> np.ndarray:
         """1-based ordinals of ``cell_ids``; 0 where a cell is not on this slide."""
@@ -97,8 +98,8 @@ def _polygons_px(path: Path, ids: pd.Index, origin: tuple[float, float], pixel_u
     return PolygonRaster(np.concatenate(polys), np.concatenate(owners))
 
 
-def read_geometry(manifest: Manifest) -> SlideGeometry:
-    """The sample's cell and nucleus polygons from the bundle (invalid polygons left out, as in tile_geometry)."""
+def read_geometry(manifest: Manifest, nuclei: bool = True) -> SlideGeometry:
+    """The sample's cell (and nucleus) polygons from the bundle (invalid polygons left out, as in tile_geometry)."""
     cells = read_table(manifest.path("cells"), [Col.CELL_ID, Col.X_CENTROID, Col.Y_CENTROID])
     ids = pd.Index(pd.unique(normalise_ids(cells[Col.CELL_ID])))
     ox, oy = manifest.image_origin_um
@@ -112,7 +113,7 @@ def read_geometry(manifest: Manifest) -> SlideGeometry:
         ids=ids,
         centroid_px=centroid,
         cells=_polygons_px(manifest.path("cell_boundaries"), ids, (ox, oy), ps),
-        nuclei=_polygons_px(manifest.path("nucleus_boundaries"), ids, (ox, oy), ps),
+        nuclei=_polygons_px(manifest.path("nucleus_boundaries"), ids, (ox, oy), ps) if nuclei else None,
     )
 
 
@@ -128,25 +129,26 @@ class BurnCache:
     def __init__(self, size: int = 16) -> None:
         self.size = size
         self.items: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self.bases: dict[int, np.ndarray] = {}
+        self.bases: dict[PolygonRaster, np.ndarray] = {}
 
     def _base(self, raster: PolygonRaster, full_shape: tuple[int, int]) -> tuple[int, np.ndarray | None]:
         """(zoom-out factor of the whole-slide burn, the burn if already made)."""
         factor = BASE_MIN_FACTOR
         while max(full_shape) > BASE_PX * factor:
             factor *= 2
-        return factor, self.bases.get(id(raster))
+        return factor, self.bases.get(raster)
 
     def get(self, raster: PolygonRaster, full_shape: tuple[int, int], win: Window, factor: int) -> np.ndarray:
         base_factor, base = self._base(raster, full_shape)
-        if factor >= base_factor:
+        if factor >= base_factor and factor % base_factor == 0:
             if base is None:
                 shape = (math.ceil(full_shape[0] / base_factor), math.ceil(full_shape[1] / base_factor))
                 base = raster.burn_all(base_factor, shape)
-                self.bases[id(raster)] = base
+                self.bases[raster] = base
             step = factor // base_factor
-            return read_window(base[::step, ::step], win)
-        key = (id(raster), win, factor)
+            # The base pixel nearest each level pixel's centre ((j + 0.5) * step base pixels in).
+            return read_window(base[step // 2 :: step, step // 2 :: step], win)
+        key = (raster, win, factor)
         if key in self.items:
             self.items.move_to_end(key)
             return self.items[key]
@@ -191,10 +193,11 @@ class LabelLevel:
         factor: int,
         values: np.ndarray | None = None,
         cache: BurnCache | None = None,
+        shape: tuple[int, int] | None = None,
     ) -> None:
         self.raster, self.full_shape, self.factor, self.values = raster, full_shape, factor, values
         self.cache = cache or BurnCache()
-        self.shape = (math.ceil(full_shape[0] / factor), math.ceil(full_shape[1] / factor))
+        self.shape = shape or (math.ceil(full_shape[0] / factor), math.ceil(full_shape[1] / factor))
         self.dtype = np.dtype(np.uint32)
         self.ndim = 2
         self.size = self.shape[0] * self.shape[1]
@@ -215,11 +218,15 @@ class LabelLevel:
 
 def label_pyramid(
     raster: PolygonRaster,
-    full_shape: tuple[int, int],
-    n_levels: int,
+    levels: list[tuple[int, int]],
     values: np.ndarray | None = None,
     cache: BurnCache | None = None,
 ) -> list[LabelLevel]:
-    """Levels at zoom 1, 1/2, 1/4, ... matching a DAPI pyramid of ``n_levels`` levels."""
+    """One label level per DAPI pyramid level (``levels``: their shapes, full resolution first), with the
+    same shape and the zoom-out factor the shapes imply."""
     cache = cache or BurnCache()
-    return [LabelLevel(raster, full_shape, 2**i, values, cache) for i in range(n_levels)]
+    full = tuple(levels[0])
+    return [
+        LabelLevel(raster, full, max(1, round(full[1] / shape[1])), values, cache, shape=tuple(shape))
+        for shape in levels
+    ]

@@ -94,6 +94,14 @@ def test_label_levels_match_the_polygons_at_every_zoom(viewed):
     hits = [whole[int(r / 4), int(c / 4)] == o for o, r, c in zip(cells.ordinal, cells.row, cells.col, strict=True)]
     assert np.mean(hits) > 0.9
     assert whole.max() <= len(geometry.ids)
+    # Every zoom (window burns below 1/4, strided views of one whole-slide burn above) labels a pixel by the
+    # polygon under its centre at full resolution.
+    reference = geometry.cells.window(Window(0, 0, *full))
+    for factor in (2, 4, 8, 16):
+        level = np.asarray(LabelLevel(geometry.cells, full, factor))
+        rows = np.minimum(((np.arange(level.shape[0]) + 0.5) * factor).astype(int), full[0] - 1)
+        cols = np.minimum(((np.arange(level.shape[1]) + 0.5) * factor).astype(int), full[1] - 1)
+        assert (level == reference[np.ix_(rows, cols)]).mean() > 0.9, factor
     # A lookup table turns ordinals into class codes without another rasterisation.
     codes = LabelLevel(geometry.cells, full, 4, data.label_values())[:, :]
     np.testing.assert_array_equal(codes, data.label_values()[whole])
@@ -125,7 +133,9 @@ def test_missing_inputs_give_clear_errors(viewed, tmp_path):
         load_view_data(viewed, "nope")
     data = load_view_data(viewed, SAMPLE)
     with pytest.raises(ViewerError, match="NotAGene not in the panel"):
-        read_transcripts(data.manifest, ["NotAGene"])
+        load_view_data(viewed, SAMPLE, ["NotAGene"])
+    gene = read_transcripts_names(data)[0]
+    assert len(read_transcripts(data.manifest, [gene, gene])) == (read_transcripts_names(data) == gene).sum()
     # Without labels, shards or a model, the slide and its segmentation still show.
     bare = ProjectPaths(tmp_path / "data")
     shutil.copytree(viewed.asset_dir(SAMPLE, "raw_bundle"), bare.asset_dir(SAMPLE, "raw_bundle"))
@@ -179,9 +189,9 @@ def screen():
 def viewer(screen, viewed):
     from xenium_assets.viewer.app import build_viewer
 
-    data = load_view_data(viewed, SAMPLE)
-    genes = [g for g in pd.unique(read_transcripts_names(data))[:2]]
-    v = build_viewer(data, genes=genes)
+    genes = [g for g in pd.unique(read_transcripts_names(load_view_data(viewed, SAMPLE)))[:2]]
+    data = load_view_data(viewed, SAMPLE, genes)
+    v = build_viewer(data)
     yield v, data, genes
     v.close()
 
@@ -210,7 +220,8 @@ def test_viewer_layers_show_the_slide_cells_labels_and_predictions(viewer):
     dapi = v.layers[app.DAPI]
     assert dapi.multiscale and len(dapi.data) == len(data.manifest.dapi.levels)
     assert [tuple(level.shape) for level in dapi.data] == [tuple(s) for s in data.manifest.dapi.levels]
-    assert v.layers[app.CELLS].multiscale and len(v.layers[app.CELLS].data) == len(dapi.data)
+    for name in (app.NUCLEI, app.CELLS, app.LABEL, app.PREDICTED, app.CORRECT):
+        assert [level.shape for level in v.layers[name].data] == [tuple(s) for s in data.manifest.dapi.levels]
     ps = data.manifest.pixel_size_um
     cells = _centre_cells(data.geometry)
     truth = data.labels.set_index("cell_id")

@@ -88,7 +88,7 @@ def _overviews(project: ProjectResource, table, samples: list[str]) -> dict[str,
     pngs = {}
     for sample in samples:
         manifest = read_manifest(project.paths.asset_dir(sample, "raw_bundle"))
-        png = overview_png(manifest, read_geometry(manifest), table[table["sample"] == sample])
+        png = overview_png(manifest, read_geometry(manifest, nuclei=False), table[table["sample"] == sample])
         with atomic_file(project.paths.labels_dir / OVERVIEWS / f"{sample}.png") as tmp:
             tmp.write_bytes(png)
         pngs[sample] = png

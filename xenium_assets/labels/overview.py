@@ -1,7 +1,7 @@
 """A whole-slide picture without a screen: DAPI in grey with every cell filled in its label's colour.
 
-The DAPI comes from the pyramid level nearest the picture's size and the cells are burnt at that
-level's resolution (slide.LabelLevel), so a 10^6-cell slide costs one small read and one
+The DAPI comes from the coarsest pyramid level at least ``target_px`` wide and the cells are burnt at
+that level's resolution (PolygonRaster.burn_all), so a 10^6-cell slide costs one small read and one
 rasterisation, never a full-resolution image.
 """
 
@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch
 
+from xenium_assets.bundle.image import open_plane
 from xenium_assets.bundle.manifest import Manifest
 from xenium_assets.plots import label_colors, png_bytes
-from xenium_assets.slide import DapiPyramid, LabelLevel, SlideGeometry
+from xenium_assets.slide import SlideGeometry
 
 EXCLUDED = "excluded"
 ALPHA = 0.5
@@ -61,13 +62,10 @@ def overview(manifest: Manifest, geometry: SlideGeometry, labels: pd.DataFrame, 
     names, codes = class_codes(labels)
     palette = class_palette(names)
     level = overview_level([tuple(s) for s in manifest.dapi.levels], target_px)
-    with DapiPyramid(manifest) as pyramid:
-        dapi = np.asarray(pyramid.levels[level][...], dtype=np.float32)
-    full = tuple(manifest.dapi.levels[0])
-    factor = round(full[1] / dapi.shape[1])
-    burnt = LabelLevel(geometry.cells, full, factor, geometry.lookup(codes.index, codes.to_numpy()))[
-        : dapi.shape[0], : dapi.shape[1]
-    ]
+    with open_plane(manifest.dapi_path, manifest.dapi.ifd, level) as plane:
+        dapi = np.asarray(plane[...], dtype=np.float32)
+    factor = round(manifest.dapi.levels[0][1] / dapi.shape[1])
+    burnt = geometry.lookup(codes.index, codes.to_numpy())[geometry.cells.burn_all(factor, dapi.shape)]
     lo, hi = np.percentile(dapi, [1, 99.5])
     grey = np.clip((dapi - lo) / max(hi - lo, 1.0), 0, 1)[..., None].repeat(3, axis=2)
     table = np.zeros((len(names) + 1, 3), dtype=np.float32)

@@ -8,7 +8,7 @@ and cursor read in µm.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from qtpy.QtWidgets import QGridLayout, QLabel, QListWidget, QListWidgetItem, QT
 from xenium_assets.patches.gallery import patch_rgb
 from xenium_assets.patches.shards import read_patches
 from xenium_assets.slide import BurnCache, DapiPyramid, label_pyramid
-from xenium_assets.viewer.data import ViewData, read_transcripts
+from xenium_assets.viewer.data import ViewData
 
 DAPI, NUCLEI, CELLS = "DAPI", "nuclei", "cells"
 LABEL, PREDICTED, CORRECT = "expression label", "predicted label", "correct"
@@ -50,9 +50,8 @@ def _class_layer(
     **layer_options,
 ) -> napari.layers.Labels:
     """A labels layer showing each cell's class code (``values``: ordinal -> code) in its class colour."""
-    full = tuple(data.manifest.dapi.levels[0])
     layer = viewer.add_labels(
-        label_pyramid(data.geometry.cells, full, len(data.manifest.dapi.levels), values, cache),
+        label_pyramid(data.geometry.cells, data.manifest.dapi.levels, values, cache),
         multiscale=True,
         name=name,
         colormap=_colormap(colors),
@@ -65,7 +64,6 @@ def _class_layer(
 
 def build_viewer(
     data: ViewData,
-    genes: Sequence[str] = (),
     viewer: napari.Viewer | None = None,
     show: bool = True,
     report: Callable[[str], None] = lambda _: None,
@@ -90,7 +88,7 @@ def build_viewer(
     cell_features = pd.DataFrame({"index": np.arange(1, len(geometry.ids) + 1), "cell_id": geometry.ids.to_numpy()})
     for name, raster in ((NUCLEI, geometry.nuclei), (CELLS, geometry.cells)):
         layer = viewer.add_labels(
-            label_pyramid(raster, full, n_levels, cache=cache),
+            label_pyramid(raster, manifest.dapi.levels, cache=cache),
             multiscale=True,
             name=name,
             features=cell_features,
@@ -111,8 +109,8 @@ def build_viewer(
         predicted = ", predictions of the test tiles" if data.predictions is not None else ""
         report(f"labels: {len(names)} classes{predicted}")
 
-    if genes:
-        spots = read_transcripts(manifest, genes)
+    if data.transcripts is not None:
+        spots = data.transcripts
         viewer.add_points(
             spots[["row_px", "col_px"]].to_numpy(),
             name=TRANSCRIPTS,
@@ -123,7 +121,7 @@ def build_viewer(
             canvas_size_limits=(2, 12),
             **scale,
         )
-        report(f"transcripts: {len(spots):,} of {', '.join(genes)}")
+        report(f"transcripts: {len(spots):,} of {', '.join(spots['gene'].cat.categories)}")
 
     selected = viewer.add_points(
         np.empty((0, 2)), name=SELECTED, symbol="ring", size=60, face_color="magenta", border_width=0, **scale

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -42,6 +43,7 @@ class ViewData:
     labels: pd.DataFrame | None
     predictions: pd.DataFrame | None
     patches: pd.DataFrame | None
+    transcripts: pd.DataFrame | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -96,8 +98,11 @@ def _patches(paths: ProjectPaths, sample: str) -> pd.DataFrame | None:
     return index if len(index) else None
 
 
-def load_view_data(paths: ProjectPaths, sample: str, progress: Progress = no_progress) -> ViewData:
-    """Everything the viewer needs of ``sample``; raises ViewerError if its raw_bundle is missing."""
+def load_view_data(
+    paths: ProjectPaths, sample: str, genes: Sequence[str] = (), progress: Progress = no_progress
+) -> ViewData:
+    """Everything the viewer needs of ``sample`` (and the transcripts of ``genes``); raises ViewerError if its
+    raw_bundle is missing or a gene is not in the panel, before any window opens."""
     raw = paths.asset_dir(sample, "raw_bundle")
     if not (raw / MANIFEST).exists():
         known = sorted(p.parent.name for p in paths.samples_dir.glob("*/raw_bundle") if (p / MANIFEST).exists())
@@ -116,6 +121,7 @@ def load_view_data(paths: ProjectPaths, sample: str, progress: Progress = no_pro
         labels=_labels(paths, sample),
         predictions=_predictions(paths, sample),
         patches=_patches(paths, sample),
+        transcripts=read_transcripts(manifest, genes) if genes else None,
     )
 
 
@@ -133,15 +139,19 @@ def read_transcripts(manifest: Manifest, genes: Sequence[str]) -> pd.DataFrame:
         raise ViewerError(f"{manifest.bundle_dir} has no transcripts table: drop the --gene option")
     ox, oy = manifest.image_origin_um
     ps = manifest.pixel_size_um
+    genes = list(dict.fromkeys(genes))
+    wanted = pa.array(genes, pa.string())
     panel: set[str] = set()
     parts = []
     for batch in _batches(path, [Col.FEATURE_NAME, Col.X_LOCATION, Col.Y_LOCATION]):
-        names = normalise_ids(batch.column(Col.FEATURE_NAME))
-        panel.update(np.unique(names))
-        keep = np.isin(names, list(genes))
-        x = batch.column(Col.X_LOCATION).to_numpy()[keep]
-        y = batch.column(Col.Y_LOCATION).to_numpy()[keep]
-        parts.append(pd.DataFrame({"gene": names[keep], "row_px": (y - oy) / ps, "col_px": (x - ox) / ps}))
+        names = batch.column(Col.FEATURE_NAME)
+        if not pa.types.is_string(names.type):  # XOA 1 writes binary names
+            names = names.cast(pa.string())
+        panel.update(pc.unique(names).to_pylist())
+        keep = batch.filter(pc.is_in(names, value_set=wanted))
+        x, y = keep.column(Col.X_LOCATION).to_numpy(), keep.column(Col.Y_LOCATION).to_numpy()
+        kept_names = normalise_ids(keep.column(Col.FEATURE_NAME))
+        parts.append(pd.DataFrame({"gene": kept_names, "row_px": (y - oy) / ps, "col_px": (x - ox) / ps}))
     missing = [g for g in genes if g not in panel]
     if missing:
         listed = sorted(panel)
