@@ -62,7 +62,8 @@ class DapiPyramid:
 
 @dataclass(frozen=True)
 class SlideGeometry:
-    """A sample's cells: ids (ordinal i + 1 is cell ``ids[i]``) and rasterisers of their polygons (full-res px)."""
+    """A sample's cells: ids (ordinal i + 1 is cell ``ids[i]``) and rasterisers of their polygons (full-res px;
+    ``nuclei`` is None when not read)."""
 
     ids: pd.Index
     centroid_px: np.ndarray
@@ -121,9 +122,9 @@ class BurnCache:
     """Burnt windows shared by the layers of one viewer, so each window is burnt once.
 
     Zoomed out, one burn serves every level: the whole slide is burnt once (PolygonRaster.burn_all) at the
-    finest level no larger than ``BASE_PX``, and coarser levels are strided views of it (napari slices a new
-    layer at its coarsest level, then at the one that fits the canvas). Finer levels burn only the window
-    asked for, and the last few windows are kept.
+    finest zoom (1/4 or less) no larger than ``BASE_PX``, and coarser levels are strided views of it
+    (napari slices a new layer at its coarsest level, then at the one that fits the canvas). Finer levels
+    burn only the window asked for, and the last few windows are kept.
     """
 
     def __init__(self, size: int = 16) -> None:
