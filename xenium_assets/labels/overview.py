@@ -55,6 +55,8 @@ class Overview:
     factor: int
     names: list[str]
     palette: dict[str, tuple]
+    counts: list[int]
+    """Cells of each class in the labels table, in ``names`` order."""
 
 
 def overview(manifest: Manifest, geometry: SlideGeometry, labels: pd.DataFrame, target_px: int = 1200) -> Overview:
@@ -71,7 +73,15 @@ def overview(manifest: Manifest, geometry: SlideGeometry, labels: pd.DataFrame, 
     table = np.zeros((len(names) + 1, 3), dtype=np.float32)
     table[1:] = [palette[n][:3] for n in names]
     rgb = np.where((burnt > 0)[..., None], (1 - ALPHA) * grey + ALPHA * table[burnt], grey)
-    return Overview(rgb=rgb, codes=burnt, factor=factor, names=names, palette=palette)
+    counts = codes.value_counts()
+    return Overview(
+        rgb=rgb,
+        codes=burnt,
+        factor=factor,
+        names=names,
+        palette=palette,
+        counts=[int(counts.get(i + 1, 0)) for i in range(len(names))],
+    )
 
 
 def overview_png(
@@ -87,10 +97,10 @@ def overview_png(
     ax.imshow(view.rgb, extent=(0, width * um, height * um, 0))
     ax.set_xlabel("µm")
     ax.set_title(title or manifest.sample, fontsize=10, loc="left")
-    counts = class_codes(labels)[1].value_counts()
     ax.legend(
         handles=[
-            Patch(color=view.palette[n], label=f"{n} ({counts.get(i + 1, 0):,})") for i, n in enumerate(view.names)
+            Patch(color=view.palette[name], label=f"{name} ({count:,})")
+            for name, count in zip(view.names, view.counts, strict=True)
         ],
         loc="upper left",
         bbox_to_anchor=(1.01, 1),
