@@ -221,6 +221,10 @@ def extract_tile(task: TileTask) -> dict:
                     ex = examples.setdefault(metas[i]["label"], [])
                     if len(ex) < task.examples_per_class:
                         ex.append((dapi[j].copy(), mask[j].copy()))
+                # Freed before the next chunk and block are made, not when their names are rebound
+                # (after them): otherwise two blocks' rasters are alive at once, in tiles of several blocks.
+                del dapi, nuc, cel, nucleus, perinuclear, mask
+            del pixels, nuclei_px, outlines_px
     finally:
         published = writer.close()
     written = np.array([s is not None for s in shard_of], dtype=bool)
