@@ -143,3 +143,42 @@ def test_sensors_run_by_default(name):
     from xenium_assets.definitions import defs
 
     assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
+
+
+def test_an_input_updated_while_its_asset_runs_is_followed_afterwards(tmp_path):
+    """A sample whose qc_adata lands while cell_labels runs for the others gets labelled by the next run."""
+    from dagster import (
+        AssetKey,
+        AssetMaterialization,
+        AssetSelection,
+        evaluate_automation_conditions,
+        instance_for_test,
+    )
+
+    from xenium_assets.definitions import build_definitions
+
+    defs = build_definitions(tmp_path)
+    labels = AssetKey("cell_labels")
+    with instance_for_test() as instance:
+
+        def tick(cursor):
+            return evaluate_automation_conditions(
+                defs, instance, asset_selection=AssetSelection.assets(labels), cursor=cursor
+            )
+
+        def landed(sample: str) -> None:
+            instance.add_dynamic_partitions(SAMPLES, [sample])
+            instance.report_runless_asset_event(AssetMaterialization("qc_adata", partition=sample))
+
+        result = tick(None)
+        landed("a")
+        result = tick(result.cursor)
+        assert result.get_num_requested(labels) == 1  # the labels run starts ...
+        result = tick(result.cursor)
+        assert result.get_num_requested(labels) == 0
+        landed("b")  # ... sample b lands while it runs ...
+        instance.report_runless_asset_event(AssetMaterialization(labels))  # ... and then it ends, without b
+        result = tick(result.cursor)
+        assert result.get_num_requested(labels) == 1  # so b is labelled by another run
+        instance.report_runless_asset_event(AssetMaterialization(labels))
+        assert tick(result.cursor).get_num_requested(labels) == 0  # and then all is settled

@@ -1,12 +1,11 @@
 """``cell_labels``: one set of expression labels for all samples, with confidence and exclusions."""
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
-    AutomationCondition,
     Config,
     DataVersion,
     Failure,
@@ -17,21 +16,14 @@ from dagster import (
 
 from xenium_assets.atomic import atomic_file
 from xenium_assets.bundle.manifest import read_manifest
+from xenium_assets.defs.automation import follows_inputs
 from xenium_assets.defs.metadata import bullet_list, counts_table, frame_table, image, images
 from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.qc_adata import load_qc_adata, qc_adata, read_qc_summary
 from xenium_assets.defs.resources import ProjectResource
-from xenium_assets.labels.joint import (
-    LabelError,
-    Labelling,
-    class_counts,
-    finalise,
-    joint_matrix,
-    label_version,
-)
-from xenium_assets.labels.overview import overview_png
-from xenium_assets.labels.plots import umap_figure
-from xenium_assets.slide import read_geometry
+
+if TYPE_CHECKING:
+    from xenium_assets.labels.joint import Labelling
 
 MARKERS = "markers.csv"
 OVERVIEWS = "overviews"
@@ -57,8 +49,10 @@ class LabelConfig(Config):
     seed: int = 0
 
 
-def _label(joint, config: LabelConfig, project: ProjectResource, samples: list[str]) -> Labelling:
+def _label(joint, config: LabelConfig, project: ProjectResource, samples: list[str]) -> "Labelling":
     """Dispatch to the configured method (each lives in its own library module)."""
+    from xenium_assets.labels.joint import LabelError
+
     if config.method == "leiden":
         from xenium_assets.labels.leiden import label_leiden
 
@@ -85,6 +79,9 @@ def _label(joint, config: LabelConfig, project: ProjectResource, samples: list[s
 
 def _overviews(project: ProjectResource, table, samples: list[str]) -> dict[str, bytes]:
     """Each sample's DAPI with its cells in label colours, written to labels/overviews/<sample>.png."""
+    from xenium_assets.labels.overview import overview_png
+    from xenium_assets.slide import read_geometry
+
     pngs = {}
     for sample in samples:
         manifest = read_manifest(project.paths.asset_dir(sample, "raw_bundle"))
@@ -96,7 +93,7 @@ def _overviews(project: ProjectResource, table, samples: list[str]) -> dict[str,
 
 
 @asset(
-    automation_condition=AutomationCondition.eager(),
+    automation_condition=follows_inputs(),
     deps=[qc_adata],
     group_name="labels",
     kinds={"parquet"},
@@ -104,6 +101,11 @@ def _overviews(project: ProjectResource, table, samples: list[str]) -> dict[str,
     "all samples; each with a confidence and, if excluded, the reason. Versioned by method, parameters and inputs.",
 )
 def cell_labels(context: AssetExecutionContext, config: LabelConfig, project: ProjectResource) -> MaterializeResult:
+    # scanpy and the label methods are imported here, not at module level, so that loading the code location
+    # (every run's every step process does) stays fast.
+    from xenium_assets.labels.joint import LabelError, class_counts, finalise, joint_matrix, label_version
+    from xenium_assets.labels.plots import umap_figure
+
     keys = context.instance.get_dynamic_partitions(SAMPLES)
     ready = [k for k in keys if (project.paths.asset_dir(k, "qc_adata") / "adata.h5ad").exists()]
     missing = sorted(set(keys) - set(ready))

@@ -19,8 +19,6 @@ from dagster_mlflow import end_mlflow_on_run_finished
 from xenium_assets.defs.metadata import image
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.defs.trained_model import sample_shard_dirs, trained_model
-from xenium_assets.training.report import confusion_figure
-from xenium_assets.training.run import evaluate_model, summary
 
 
 class ReportConfig(Config):
@@ -47,6 +45,10 @@ def _latest(project: ProjectResource) -> dict:
 )
 def evaluation_report(context: AssetExecutionContext, config: ReportConfig) -> MaterializeResult:
     from mlflow.tracking import MlflowClient
+
+    # Imported here, not at module level, for the reason given in trained_model.
+    from xenium_assets.training.report import confusion_figure
+    from xenium_assets.training.run import evaluate_model, summary
 
     project = context.resources.project
     latest = _latest(project)

@@ -27,7 +27,6 @@ from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.parallel import dask_runner
 from xenium_assets.patches.dapi_store import read_summary
 from xenium_assets.patches.extract import TileTask, extract_tile, tile_tasks
-from xenium_assets.patches.gallery import gallery
 from xenium_assets.patches.geometry import CELLS
 from xenium_assets.patches.shards import MAX_SAMPLES_PER_SHARD
 from xenium_assets.progress import LogProgress
@@ -131,5 +130,7 @@ def patch_shards(
         "patches_per_second": round(n_patches / max(seconds, 1e-9), 1),
     }
     if examples:
+        from xenium_assets.patches.gallery import gallery  # matplotlib: kept out of the code location's import
+
         metadata["gallery"] = image(gallery(examples, config.examples_per_class), "patches per class")
     return MaterializeResult(metadata=metadata)

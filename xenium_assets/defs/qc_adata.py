@@ -3,8 +3,8 @@
 import hashlib
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-import anndata as ad
 from dagster import (
     AssetExecutionContext,
     AutomationCondition,
@@ -23,8 +23,9 @@ from xenium_assets.defs.metadata import counts_table, image
 from xenium_assets.defs.partitions import sample_partitions
 from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
-from xenium_assets.expression.matrix import read_expression
-from xenium_assets.expression.qc import QcError, QcParams, qc_figure, run_qc
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 ADATA = "adata.h5ad"
 SUMMARY = "qc.json"
@@ -57,6 +58,11 @@ def read_qc_summary(folder) -> dict:
     "metrics, raw counts in layers['counts'], normalised and log1p in X, HVGs for large panels, PCA.",
 )
 def qc_adata(context: AssetExecutionContext, config: QcConfig, project: ProjectResource) -> MaterializeResult:
+    # scanpy, anndata and matplotlib are imported here, not at module level, so that loading the code location
+    # (every run's every step process does) stays fast.
+    from xenium_assets.expression.matrix import read_expression
+    from xenium_assets.expression.qc import QcError, QcParams, qc_figure, run_qc
+
     sample = context.partition_key
     raw_dir = project.paths.asset_dir(sample, "raw_bundle")
     if not (raw_dir / "manifest.json").exists():
@@ -108,5 +114,7 @@ def qc_adata(context: AssetExecutionContext, config: QcConfig, project: ProjectR
     )
 
 
-def load_qc_adata(project: ProjectResource, sample: str) -> ad.AnnData:
+def load_qc_adata(project: ProjectResource, sample: str) -> "ad.AnnData":
+    import anndata as ad
+
     return ad.read_h5ad(project.paths.asset_dir(sample, "qc_adata") / ADATA)

@@ -25,6 +25,7 @@ from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.landing import LandingState, look
 
 PER_SAMPLE = [raw_bundle, qc_adata, dapi_zarr, tile_geometry]
+PER_SAMPLE_KEYS = [a.key for a in PER_SAMPLE]
 INTERVAL_ENV = "XENIUM_ASSETS_SENSOR_INTERVAL"
 """Seconds between sensor evaluations (default 30; tests use less)."""
 
@@ -65,6 +66,9 @@ def landing_sensor(context: SensorEvaluationContext, project: ProjectResource) -
             RunRequest(
                 partition_key=entry.key,
                 run_key=f"{entry.key}:{fingerprint[:12]}",
+                # Named, so the run records which assets it made: automation then knows that the assets
+                # downstream of raw_bundle were made in the same run, and does not make them again.
+                asset_selection=PER_SAMPLE_KEYS,
                 tags={"xenium-assets/bundle": str(folder)},
             )
         )

@@ -5,6 +5,7 @@ dagster-mlflow's resource creates a missing experiment with MLflow's default art
 under the project's data folder, keeps everything the project writes in data/.
 """
 
+from importlib.metadata import version
 from pathlib import Path
 
 from dagster import InitResourceContext, resource
@@ -12,6 +13,17 @@ from dagster_mlflow.resources import CONFIG_SCHEMA, MlFlow
 
 EXPERIMENT = "xenium-assets"
 REGISTERED_MODEL = "xenium-dapi-classifier"
+MODEL_PACKAGES = ("torch", "torchvision", "timm")
+"""What loading the logged classifier needs (it is a pickled timm module)."""
+
+
+def pip_requirements() -> list[str]:
+    """The logged model's requirements, pinned to what is installed.
+
+    Given explicitly because MLflow's inference of them re-imports the model in a subprocess: 19 s of the
+    demo's training step, against 1 s to log the model with them given (and inference missed timm).
+    """
+    return [f"{name}=={version(name)}" for name in MODEL_PACKAGES]
 
 
 def tracking_uri(data_dir: Path) -> str:

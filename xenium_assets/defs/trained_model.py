@@ -12,12 +12,7 @@ from xenium_assets.atomic import write_json
 from xenium_assets.defs.metadata import counts_table, frame_table, image
 from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.patch_shards import patch_shards
-from xenium_assets.defs.tracking import REGISTERED_MODEL
-from xenium_assets.training.data import DataConfig
-from xenium_assets.training.report import learning_curves_figure
-from xenium_assets.training.run import TrainingError, train_model
-from xenium_assets.training.splits import SplitConfig
-from xenium_assets.training.train import TrainConfig
+from xenium_assets.defs.tracking import REGISTERED_MODEL, pip_requirements
 
 MLFLOW_UI = "http://127.0.0.1:5000"
 
@@ -78,8 +73,17 @@ def sample_shard_dirs(context: AssetExecutionContext, project) -> dict:
     "list in MLflow, and a registered model version.",
 )
 def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> MaterializeResult:
+    # The training stack is imported here, not at module level: torch, lightning and timm take about 8 s to
+    # import, which every step process of every run would otherwise pay when it loads the code location.
     import mlflow
     from lightning.pytorch.loggers import MLFlowLogger
+
+    from xenium_assets.training.data import DataConfig
+    from xenium_assets.training.model import CellClassifier
+    from xenium_assets.training.report import learning_curves_figure
+    from xenium_assets.training.run import TrainingError, train_model
+    from xenium_assets.training.splits import SplitConfig
+    from xenium_assets.training.train import TrainConfig
 
     project = context.resources.project
     tracking = context.resources.mlflow
@@ -135,12 +139,14 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
         tracking.log_artifact(str(out / name), artifact_path="model")
     (out / "shards.txt").write_text("\n".join(model.shards) + "\n")
     tracking.log_artifact(str(out / "shards.txt"), artifact_path="model")
-    from xenium_assets.training.model import CellClassifier
-
     module = CellClassifier.load_from_checkpoint(model.fit.checkpoint, map_location="cpu").eval()
     example = np.zeros((1, module.hparams.in_chans, config.input_px, config.input_px), dtype=np.float32)
     logged = mlflow.pytorch.log_model(
-        module.model, name="classifier", input_example=example, registered_model_name=REGISTERED_MODEL
+        module.model,
+        name="classifier",
+        input_example=example,
+        registered_model_name=REGISTERED_MODEL,
+        pip_requirements=pip_requirements(),
     )
     version = getattr(logged, "registered_model_version", None)
     write_json(
