@@ -117,3 +117,42 @@ def test_demo_end_to_end(project):
     said: list[str] = []
     register_demo_bundles(ProjectPaths(project), instance, n_cells=250, size=1024, echo=said.append)
     assert said == []  # the bundles exist: made once, registered once
+    _check_model_and_report(instance, project, result.stdout)
+
+
+def _check_model_and_report(instance: DagsterInstance, project: Path, stdout: str) -> None:
+    """The demo's trained_model and evaluation_report: their metadata, and the project's MLflow store."""
+    import mlflow
+    from dagster import AssetKey
+    from mlflow.tracking import MlflowClient
+
+    from xenium_assets.defs.tracking import MODEL_PACKAGES, REGISTERED_MODEL, tracking_uri
+
+    def meta(key: str) -> dict:
+        return instance.get_latest_materialization_event(AssetKey(key)).asset_materialization.metadata
+
+    model, report = meta("trained_model"), meta("evaluation_report")
+    for key in ("test_macro_f1", "test_macro_f1_ci_low", "test_macro_f1_ci_high", "majority_macro_f1"):
+        assert isinstance(report[key].value, float), key
+    assert isinstance(report["morphology_macro_f1"].value, float)
+    assert isinstance(report["permutation_p_value"].value, float)
+    assert isinstance(report["n_test_cells"].value, int) and report["n_test_cells"].value > 50
+    assert isinstance(report["signal_detected"].value, bool) and isinstance(report["beats_morphology"].value, bool)
+    assert report["split"].value.startswith("spatial")
+    assert (project / "reports" / model["mlflow_run_id"].value / "report.html").exists()
+    passed = report["test_macro_f1_ci_low"].value > report["majority_macro_f1"].value
+    assert f"check beats_majority_baseline: {'passed' if passed else 'FAILED'}" in stdout
+    uri = tracking_uri(project)
+    client = MlflowClient(uri)
+    run = client.get_run(model["mlflow_run_id"].value)
+    assert model["mlflow_run"].value.endswith(run.info.run_id)
+    assert run.data.params["backbone"] == "resnet10t" and "label_version" in run.data.tags
+    assert len(client.get_metric_history(run.info.run_id, "val_macro_f1")) == model["epochs"].value  # curves
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/best.ckpt", "model/model.json", "model/split.parquet", "model/shards.txt"} <= artifacts
+    assert "report_test_macro_f1" in run.data.metrics
+    registered = client.get_latest_versions(REGISTERED_MODEL)[0]
+    assert registered.run_id == run.info.run_id
+    mlflow.set_tracking_uri(uri)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(registered.source)).read_text()
+    assert all(f"{name}==" in requirements for name in MODEL_PACKAGES), requirements
