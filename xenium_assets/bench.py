@@ -155,22 +155,26 @@ def _extract(bundle: Path, work: Path, workers: int) -> dict:
     labels = truth_labels(bundle, "bench")
     problems = pq.read_table(manifest.cell_problems).to_pandas()
     problems = problems[problems["kind"] == "invalid"]
-    with DaskResource(n_workers=workers).client() as client, _PeakRss() as memory:
+    with DaskResource(n_workers=workers).client() as client:
         run = dask_runner(client, TqdmProgress())
         t0 = time.perf_counter()
-        store = transcode_dapi(manifest, work / "dapi", spec.pixel_size_um, run)
+        with _PeakRss() as transcode_memory:
+            store = transcode_dapi(manifest, work / "dapi", spec.pixel_size_um, run)
         t1 = time.perf_counter()
         split_by_tile(manifest, store, spec, work / "geometry")
         t2 = time.perf_counter()
         tasks = tile_tasks("bench", store, work / "geometry", problems, labels, list(TILE_KEYS), work / "shards", spec)
-        results = list(run(extract_tile, [{"task": t} for t in tasks], "patch shards"))
+        with _PeakRss() as tiles_memory:
+            results = list(run(extract_tile, [{"task": t} for t in tasks], "patch shards"))
         t3 = time.perf_counter()
     return {
         "transcode_seconds": t1 - t0,
         "geometry_seconds": t2 - t1,
         "tiles_seconds": t3 - t2,
         "total_seconds": t3 - t0,
-        "peak_worker_rss_mb": memory.max_mb,
+        "peak_worker_rss_mb": max(transcode_memory.max_mb, tiles_memory.max_mb),
+        "peak_worker_rss_mb_transcode": transcode_memory.max_mb,
+        "peak_worker_rss_mb_tiles": tiles_memory.max_mb,
         "patches": sum(r["n_patches"] for r in results),
         "shard_bytes": sum(r["bytes"] for r in results),
         "manifest": manifest,
@@ -260,6 +264,11 @@ def bench_patches(
             "speedup_vs_one_worker": round(one["total_seconds"] / ours["total_seconds"], 2),
             "peak_worker_rss_mb": round(ours["peak_worker_rss_mb"]),
             f"peak_worker_rss_mb_{small_size}px": round(small_run["peak_worker_rss_mb"]),
+            **{
+                f"peak_worker_rss_mb_{phase}{suffix}": round(r[f"peak_worker_rss_mb_{phase}"])
+                for phase in ("transcode", "tiles")
+                for suffix, r in (("", ours), (f"_{small_size}px", small_run))
+            },
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -84,6 +84,12 @@ def test_markers_recover_classes_and_warn_about_absent_genes(two_samples, tmp_pa
     assert adjusted_rand_score(_true(joint, truth), result.label) >= 0.85
     assert _consistent(joint, result.label, truth)
     assert result.notes == ["epithelial: not in the panel: NOTAGENE"]
+    assert ((result.confidence > 0) & (result.confidence <= 1)).all()
+    # A cell whose best class does not beat the runner-up by the margin is Unassigned.
+    strict = label_markers(joint, read_marker_file(path), margin=1.0)
+    unassigned = strict.label == UNASSIGNED
+    assert unassigned.sum() > (result.label == UNASSIGNED).sum()
+    assert (strict.label[~unassigned] == result.label[~unassigned]).all()
     with pytest.raises(LabelError, match="class 'ghost': none of its marker genes"):
         label_markers(joint, {**classes, "ghost": ["NOPE1", "NOPE2"]})
     path.write_text("- just\n- a list\n")
@@ -167,6 +173,19 @@ def test_exclusions_and_version():
     assert v == label_version("leiden", {"resolution": 0.5}, {"s": "abc"}) and v.startswith("leiden-")
     assert v != label_version("leiden", {"resolution": 0.6}, {"s": "abc"})
     assert v != label_version("leiden", {"resolution": 0.5}, {"s": "abd"})
+
+
+def test_a_marker_file_edited_in_place_changes_the_label_version(tmp_path):
+    from xenium_assets.defs.cell_labels import LabelConfig, version_inputs
+
+    markers = tmp_path / "markers.yaml"
+    markers.write_text("T: [CD3E]\nB: [MS4A1]\n")
+    config = LabelConfig(method="markers", markers_file=str(markers))
+    before = label_version("markers", config.model_dump(), version_inputs(config, {"s": "abc"}))
+    markers.write_text("T: [CD3E, CD2]\nB: [MS4A1]\n")  # same path, other genes
+    after = label_version("markers", config.model_dump(), version_inputs(config, {"s": "abc"}))
+    assert before != after
+    assert after == label_version("markers", config.model_dump(), version_inputs(config, {"s": "abc"}))
 
 
 def test_no_shared_genes_cannot_be_labelled_jointly():

@@ -122,6 +122,8 @@ def test_dapi_signal_is_detected_on_class_dependent_morphology(trained):
     assert ev.cnn_ci["macro_f1"][1] >= ev.morphology["macro_f1"], (ev.cnn, ev.cnn_ci, ev.morphology)
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["signal_detected"] is True and metrics["n_test_cells"] == len(test)
+    for score in ("accuracy", "balanced_accuracy", "macro_f1"):  # every headline score has its interval
+        assert metrics[f"test_{score}_ci_low"] <= metrics[f"test_{score}"] <= metrics[f"test_{score}_ci_high"]
     assert metrics["split"].startswith("spatial: whole tiles")
     html = (out / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "permutation p" in html

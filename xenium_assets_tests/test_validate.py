@@ -75,6 +75,23 @@ def test_corrupt_parquet(bundle_copy):
     assert _message(bundle).startswith(f"{path}: corrupt Parquet")
 
 
+def test_corrupt_transcripts_are_reported_and_min_qv_refused(bundle_copy, tmp_path):
+    """The transcripts and cells.zarr.zip are not needed for labels and patches: reported, not fatal."""
+    from xenium_assets.expression.matrix import read_expression
+
+    bundle = bundle_copy()
+    transcripts, zarr_zip = bundle / "transcripts.parquet", bundle / "cells.zarr.zip"
+    transcripts.write_bytes(transcripts.read_bytes()[:1000])
+    zarr_zip.write_bytes(b"not a zip")
+    report = inspect_bundle(bundle)
+    assert any(p.startswith(f"{transcripts}: unreadable") for p in report.problems), report.problems
+    assert f"{zarr_zip}: not a zip file; re-copy it from the instrument output" in report.problems
+    manifest = write_manifest(report, "s", tmp_path)
+    assert len(read_expression(manifest)) > 0  # the matrix still reads
+    with pytest.raises(BundleError, match=f"^{transcripts}: corrupt Parquet .*unset min_qv$"):
+        read_expression(manifest, min_qv=30)
+
+
 def test_corrupt_hdf5(bundle_copy):
     bundle = bundle_copy()
     path = bundle / "cell_feature_matrix.h5"

@@ -52,6 +52,27 @@ def read_table(path: Path, columns: list[str], optional: tuple[str, ...] = ()) -
         ) from exc
 
 
+def unreadable(path: Path) -> str | None:
+    """Why a table or zip the core pipeline can do without cannot be opened (None if it can).
+
+    Only its header is read (a transcripts table holds up to 10^8 rows); ``raw_bundle`` reports the
+    reason as a problem instead of refusing a bundle whose matrix, boundaries and image are fine.
+    """
+    import zipfile
+
+    try:
+        if path.name.endswith(".parquet"):
+            pq.read_schema(path)
+        elif path.name.endswith(".gz"):
+            with gzip.open(path, "rt") as f:
+                f.readline()
+        elif path.name.endswith(".zip") and not zipfile.is_zipfile(path):
+            return f"{path}: not a zip file; re-copy it from the instrument output"
+    except Exception as exc:
+        return f"{path}: unreadable ({type(exc).__name__}: {exc}); re-copy it from the instrument output"
+    return None
+
+
 @dataclass(frozen=True)
 class MatrixIndex:
     """Barcodes (cell ids) and features of a cell-feature matrix, without its values."""

@@ -22,7 +22,7 @@ from xenium_assets.bundle.errors import BundleError
 from xenium_assets.bundle.ids import normalise_ids
 from xenium_assets.bundle.image import DapiImage, find_dapi
 from xenium_assets.bundle.locate import BundleFiles, XoaVersion, locate_files, parse_version, read_experiment
-from xenium_assets.bundle.tables import read_matrix_index, read_table
+from xenium_assets.bundle.tables import read_matrix_index, read_table, unreadable
 from xenium_assets.formats import CONTROL_FEATURE_TYPES, Col, FeatureType
 from xenium_assets.progress import Progress, no_progress
 
@@ -222,6 +222,8 @@ def inspect_bundle(
         )
     dapi = find_dapi(files.focus)
     problems += dapi.notes
+    # Used by min_qv and the viewer only: reported, not fatal.
+    problems += [why for f in (files.transcripts, files.cells_zarr) if f is not None and (why := unreadable(f))]
     pixel_size, pixel_source = _resolve_pixel_size(spec, dapi, files, pixel_size_um, problems)
     progress("validate bundle", 1, steps)
 

@@ -1,5 +1,6 @@
 """``cell_labels``: one set of expression labels for all samples, with confidence and exclusions."""
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
@@ -77,6 +78,19 @@ def _label(joint, config: LabelConfig, project: ProjectResource, samples: list[s
     return label_graphclust(joint, clusters, seed=config.seed)
 
 
+LABEL_FILES = ("markers_file", "reference_file", "celltypist_model")
+
+
+def version_inputs(config: LabelConfig, qc_fingerprints: dict[str, str]) -> dict[str, dict[str, str]]:
+    """What the label version hashes besides the parameters: each sample's QC'd matrix and the content of
+    every file the config names (its path alone would keep the version when the file is edited)."""
+    from xenium_assets.labels.joint import file_fingerprint
+
+    paths = {name: getattr(config, name) for name in LABEL_FILES}
+    files = {name: file_fingerprint(path) for name, path in paths.items() if path and Path(path).is_file()}
+    return {"qc_adata": qc_fingerprints, "files": files}
+
+
 def _overviews(project: ProjectResource, table, samples: list[str]) -> dict[str, bytes]:
     """Each sample's DAPI with its cells in label colours, written to labels/overviews/<sample>.png."""
     from xenium_assets.labels.overview import overview_png
@@ -123,7 +137,7 @@ def cell_labels(context: AssetExecutionContext, config: LabelConfig, project: Pr
         raise Failure(description=str(exc), allow_retries=False) from exc
     for note in labelling.notes:
         context.log.warning(note) if "not in the panel" in note or "weak" in note else context.log.info(note)
-    version = label_version(config.method, config.model_dump(), fingerprints)
+    version = label_version(config.method, config.model_dump(), version_inputs(config, fingerprints))
     table = finalise(
         joint, labelling, min_confidence=config.min_confidence, min_class_cells=config.min_class_cells, version=version
     )

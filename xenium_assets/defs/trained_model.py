@@ -38,7 +38,8 @@ class TrainModelConfig(Config):
     holdout_sample: str | None = None
     """Hold this whole sample out as the test set."""
     min_class_cells: int = 20
-    num_workers: int = 2
+    num_workers: int | None = None
+    """Data-loader processes; by default the CPUs beyond two (none on a 2-CPU machine), at most 4."""
     seed: int = 0
 
 

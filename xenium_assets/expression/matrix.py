@@ -140,18 +140,24 @@ def _codes(column: pa.ChunkedArray | pa.Array, index: pd.Index) -> np.ndarray:
     return np.where(indices >= 0, lookup[np.maximum(indices, 0)], -1)
 
 
-def count_transcripts(path: Path, cell_ids: np.ndarray, features: np.ndarray, min_qv: float) -> sp.csr_matrix:
+def count_transcripts(
+    path: Path, cell_ids: np.ndarray, features: np.ndarray, min_qv: float, batch_rows: int = TRANSCRIPT_BATCH_ROWS
+) -> sp.csr_matrix:
     """Cells x features counts of transcripts with qv >= ``min_qv``, streamed in record batches.
 
     Each batch is dictionary-encoded, so cell ids and feature names are looked up once per distinct
-    value rather than once per row; counts accumulate as sparse (cell, feature) pairs.
+    value rather than once per row. Each batch's counts are added to a running sparse matrix, so memory
+    follows the matrix (non-zero cell x gene pairs), not the 10^8 rows of a large section's table.
     """
     cells, feats = pd.Index(cell_ids), pd.Index(features)
-    parquet = pq.ParquetFile(path)
-    rows, cols = [], []
-    for batch in parquet.iter_batches(
-        batch_size=TRANSCRIPT_BATCH_ROWS, columns=[Col.CELL_ID, Col.FEATURE_NAME, Col.QV]
-    ):
+    counts = sp.csr_matrix((len(cells), len(feats)), dtype=np.float32)
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:
+        raise BundleError(
+            path, f"corrupt Parquet ({type(exc).__name__}: {exc})", "re-copy it, or unset min_qv"
+        ) from exc
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=[Col.CELL_ID, Col.FEATURE_NAME, Col.QV]):
         keep = pc.greater_equal(batch.column(Col.QV), pa.scalar(min_qv, batch.schema.field(Col.QV).type))
         batch = batch.filter(keep)
         id_col = batch.column(Col.CELL_ID)
@@ -160,9 +166,6 @@ def count_transcripts(path: Path, cell_ids: np.ndarray, features: np.ndarray, mi
         cell = _codes(id_col, cells)  # "UNASSIGNED" (XOA >= 1.3) is no cell id, so it maps to -1
         feature = _codes(batch.column(Col.FEATURE_NAME), feats)
         ok = (cell >= 0) & (feature >= 0)
-        rows.append(cell[ok])
-        cols.append(feature[ok])
-    rows_all = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
-    cols_all = np.concatenate(cols) if cols else np.empty(0, dtype=np.int64)
-    data = np.ones(len(rows_all), dtype=np.float32)  # duplicates are summed: one per transcript
-    return sp.csr_matrix((data, (rows_all, cols_all)), shape=(len(cells), len(feats)))
+        ones = np.ones(int(ok.sum()), dtype=np.float32)  # duplicates are summed: one per transcript
+        counts += sp.csr_matrix((ones, (cell[ok], feature[ok])), shape=counts.shape)
+    return counts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -116,10 +117,19 @@ def finalise(
     return table[list(LABEL_COLUMNS)]
 
 
-def label_version(method: str, params: dict, inputs: dict[str, str]) -> str:
+def label_version(method: str, params: dict, inputs: dict) -> str:
     """A short hash of the method, its parameters and the inputs' fingerprints: the labels' identity."""
     blob = json.dumps({"method": method, "params": params, "inputs": inputs}, sort_keys=True, default=str)
     return f"{method}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha1 of a file's bytes: a marker list or reference edited in place must change the label version."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def class_counts(table: pd.DataFrame) -> pd.DataFrame:

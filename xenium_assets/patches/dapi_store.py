@@ -6,8 +6,8 @@ of the slide several times over (`xenium-assets bench patches` measures it); dec
 exactly once into 512² zstd chunks (about 2 ms to read back) makes halos nearly free.
 
 The store is at the target pixel size: bundles with another pixel size are resampled (bilinear)
-block by block. Each block task also returns its intensity histogram, from which the sample's robust
-percentiles (for normalisation at training time) are computed exactly.
+block by block. Each block task also returns the intensity histogram of a 1-in-16 pixel sample, from
+which the sample's robust percentiles (for normalisation at training time) are computed.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +36,24 @@ class DataConfig:
     """Patches are resized to this side (96 px at 0.2125 µm/px; 64 trains about 3x faster on a CPU)."""
     representation: Representation = "dapi_masks"
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | None = None
+    """Loader processes; None: the CPUs beyond two, at most 4 (see ``loader_workers``)."""
     shuffle_buffer: int = 2000
     augment: bool = True
     blur: bool = False
     balance: Literal["weighted_loss", "undersample", "none"] = "weighted_loss"
+
+
+def loader_workers(requested: int | None) -> int:
+    """Loader processes to use: ``requested``, or by default the CPUs beyond the two that training uses.
+
+    On 2 CPUs loader processes only compete with the training threads: an epoch of the demo took 7.7 s
+    with 2 workers and 5.5 s with none (the main process decodes and augments a patch in 1.7 ms).
+    """
+    if requested is not None:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(4, cpus - 2))
 
 
 def load_index(sample_dirs: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, tuple[float, float]]]:
@@ -185,7 +199,7 @@ class PatchDataModule(L.LightningDataModule):
         return ds.map(self._prepare(train))
 
     def _workers(self, split: str) -> int:
-        return min(self.config.num_workers, max(1, len(self.splits.urls[split])))
+        return min(loader_workers(self.config.num_workers), max(1, len(self.splits.urls[split])))
 
     def steps_per_epoch(self) -> int:
         """Training batches per epoch (each loader worker may end on one partial batch)."""

@@ -170,7 +170,11 @@ def summary(ev: Evaluation, card: dict) -> dict:
         "test_macro_f1_ci_low": ev.cnn_ci["macro_f1"][0],
         "test_macro_f1_ci_high": ev.cnn_ci["macro_f1"][1],
         "test_accuracy": ev.cnn["accuracy"],
+        "test_accuracy_ci_low": ev.cnn_ci["accuracy"][0],
+        "test_accuracy_ci_high": ev.cnn_ci["accuracy"][1],
         "test_balanced_accuracy": ev.cnn["balanced_accuracy"],
+        "test_balanced_accuracy_ci_low": ev.cnn_ci["balanced_accuracy"][0],
+        "test_balanced_accuracy_ci_high": ev.cnn_ci["balanced_accuracy"][1],
         "majority_macro_f1": ev.majority["macro_f1"],
         "morphology_macro_f1": ev.morphology["macro_f1"],
         "permutation_p_value": ev.permutation_p,
@@ -220,13 +224,16 @@ def _build_report(
         ("morphology features", ev.morphology, ev.morphology_ci),
         ("majority class", ev.majority, None),
     ]
-    table = ["| model | accuracy | balanced accuracy | macro-F1 | macro-F1 95 % CI |", "|---|---|---|---|---|"]
+    metrics = ("accuracy", "balanced_accuracy", "macro_f1")
+    table = ["| model | accuracy | balanced accuracy | macro-F1 |", "|---|---|---|---|"]
     for name, s, ci in rows:
-        table.append(
-            f"| {name} | {s['accuracy']:.3f} | {s['balanced_accuracy']:.3f} | {s['macro_f1']:.3f} | "
-            f"{_fmt(ci['macro_f1']) if ci else '-'} |"
-        )
-    rep.add("Test metrics", "\n".join(table))
+        cells = [f"{s[m]:.3f}" + (f" {_fmt(ci[m])}" if ci else "") for m in metrics]
+        table.append(f"| {name} | {' | '.join(cells)} |")
+    note = "Bootstrap 95 % intervals in brackets (1,000 resamples of the test cells)."
+    if card["dropped_classes"]:
+        left_out = ", ".join(f"{c} ({n} patches)" for c, n in card["dropped_classes"].items())
+        note += f" Classes with too few patches to train on were left out: {left_out}."
+    rep.add("Test metrics", "\n".join(table) + "\n\n" + note)
     per = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     per += [
         f"| {c} | {r.precision:.3f} | {r.recall:.3f} | {r.f1:.3f} | {int(r.support)} |"
