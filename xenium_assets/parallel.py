@@ -38,11 +38,18 @@ def dask_runner(client: Any, progress: Progress = no_progress) -> Runner:
         from distributed import as_completed as dask_completed
 
         futures = [client.submit(fn, pure=False, **t) for t in tasks]
+        pending = set(futures)
         try:
             for done, fut in enumerate(dask_completed(futures), 1):
+                result = fut.result()
+                # Released at once: a worker keeps a task's inputs and result while a future holds it, so
+                # holding all until the last one ends made worker memory grow with the tasks' size.
+                fut.release()
+                pending.discard(fut)
                 progress(stage, done, len(tasks))
-                yield fut.result()
+                yield result
         finally:
-            client.cancel(futures)
+            if pending:
+                client.cancel(list(pending))
 
     return run

@@ -35,6 +35,20 @@ class Window:
     def inside(self, height: int, width: int) -> bool:
         return self.y0 >= 0 and self.x0 >= 0 and self.y0 + self.h <= height and self.x0 + self.w <= width
 
+    def split(self, max_side: int) -> list[Window]:
+        """Row-major parts of near-equal size, none wider or taller than ``max_side``.
+
+        Equal parts rather than ``max_side`` tiles plus a sliver: a padded sliver costs nearly a whole
+        halo for few pixels, and equal parts make the largest part (what bounds memory) as small as it can be.
+        """
+        rows = np.linspace(self.y0, self.y0 + self.h, -(-self.h // max_side) + 1).round().astype(int)
+        cols = np.linspace(self.x0, self.x0 + self.w, -(-self.w // max_side) + 1).round().astype(int)
+        return [
+            Window(int(y0), int(x0), int(y1 - y0), int(x1 - x0))
+            for y0, y1 in zip(rows[:-1], rows[1:], strict=True)
+            for x0, x1 in zip(cols[:-1], cols[1:], strict=True)
+        ]
+
 
 def tile_windows(height: int, width: int, tile: int, y0: int = 0, x0: int = 0) -> list[Window]:
     """Row-major tiles of side ``tile`` covering the region (edge tiles are clipped to it)."""

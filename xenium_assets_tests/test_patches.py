@@ -163,6 +163,44 @@ def test_rerun_gives_the_same_samples(extracted, tmp_path):
             assert shard.read_bytes() == (ib / shard.name).read_bytes()
 
 
+def _members(folder: Path) -> dict[str, bytes]:
+    import tarfile
+
+    members = {}
+    for shard in sorted(folder.glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            members.update({m.name: tar.extractfile(m).read() for m in tar.getmembers()})
+    return members
+
+
+def test_blocks_and_crop_chunks_do_not_change_the_samples(extracted, tmp_path, monkeypatch):
+    """Big slides split a tile into blocks and crop its cells in chunks: a tile cut in 60 px blocks and
+    chunks of 3 cells (many cells' windows crossing block edges) gives exactly the samples of one block."""
+    from xenium_assets.patches import extract
+    from xenium_assets.raster import Window
+
+    parts = Window(5, 7, 130, 61).split(60)
+    assert max(p.h for p in parts) <= 60 and max(p.w for p in parts) <= 60
+    covered = np.zeros((200, 200), dtype=int)
+    for p in parts:
+        covered[p.slices] += 1
+    assert covered.sum() == 130 * 61 and covered[Window(5, 7, 130, 61).slices].min() == 1
+
+    _, root, manifest, store, labels, tasks, _ = extracted
+    monkeypatch.setattr(extract, "BLOCK_PX", 60)
+    monkeypatch.setattr(extract, "CHUNK_CELLS", 3)
+    busiest = sorted(tasks, key=lambda t: len(t.cells))[-3:]
+    again = {t.tile: t for t in _tasks(manifest, store, root, labels, tmp_path)}
+    for task in busiest:
+        assert grid.tile_window(task.tile, *store.shape).h > 2 * 60  # several blocks each way
+        extract_tile(again[task.tile])
+        one_block, blocked = _members(Path(task.out_dir)), _members(tmp_path / task.tile)
+        assert len(one_block) == 3 * len(task.cells) and one_block == blocked
+        index = pq.read_table(tmp_path / task.tile / INDEX).to_pandas().sort_values("key", ignore_index=True)
+        expected = pq.read_table(Path(task.out_dir) / INDEX).to_pandas().sort_values("key", ignore_index=True)
+        pd.testing.assert_frame_equal(index, expected)
+
+
 KILLER = textwrap.dedent(
     """
     import os, pickle, signal, sys

@@ -12,7 +12,8 @@ from xenium_assets.patches.grid import PatchSpec
 class DaskResource(ConfigurableResource):
     """A dask.distributed cluster: a local one by default, or an existing scheduler by address.
 
-    Workers of an existing cluster must see the project's data folder at the same path (shared storage).
+    Workers of an existing cluster must see the project's data folder at the same path (shared storage);
+    start them with ``MALLOC_MMAP_THRESHOLD_=1048576`` in their environment for the local cluster's flat memory.
     """
 
     scheduler_address: str | None = None
@@ -22,6 +23,7 @@ class DaskResource(ConfigurableResource):
 
     @contextmanager
     def client(self) -> Iterator:
+        import dask
         from distributed import Client, LocalCluster
 
         if self.scheduler_address:
@@ -29,6 +31,11 @@ class DaskResource(ConfigurableResource):
                 yield client
             return
         with (
+            # Blocks and crops are large short-lived arrays. With glibc's default (a threshold that rises to
+            # the largest block freed) they come from the heap, which fragments: one process cutting 32 tiles
+            # peaked 20 MB higher on a 20k² slide than on a 10k² one. Served by mmap above 1 MB, they go back
+            # to the system when freed (3 MB higher). Set before the workers start: glibc reads it once.
+            dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 1 << 20}),
             LocalCluster(
                 n_workers=self.n_workers,
                 threads_per_worker=self.threads_per_worker,
