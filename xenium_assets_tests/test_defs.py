@@ -224,3 +224,21 @@ def test_patch_shards_for_all_tiles_of_a_sample_in_one_run(project, bundles):
     assert len(list((project / "samples" / "s1" / "patch_shards").glob("*/index.parquet"))) == 64
     assert patch_shards.backfill_policy is not None
     instance.dispose()
+    _check_finds_a_broken_shard(project)
+
+
+def _check_finds_a_broken_shard(project) -> None:
+    """shards_match_index fails, naming the shard, when a shard is cut short or is not a tar at all."""
+    from dagster import build_asset_check_context
+
+    from xenium_assets.defs.checks import shards_match_index
+
+    shards = sorted((project / "samples" / "s1" / "patch_shards").glob("*/shard-00000.tar"))
+    short, garbage = shards[0], shards[1]
+    short.write_bytes(short.read_bytes()[: short.stat().st_size // 2])  # as if copied half-way
+    garbage.write_bytes(b"not a tar")
+    context = build_asset_check_context(resources={"project": ProjectResource(data_dir=str(project))})
+    result = shards_match_index(context)
+    problems = result.metadata["problems"].value
+    assert not result.passed and result.metadata["tiles"].value == 64
+    assert f"{garbage}: unreadable" in problems and str(short) in problems, problems

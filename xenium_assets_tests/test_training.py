@@ -101,6 +101,25 @@ def test_augmentation_moves_masks_with_the_image():
         assert not ((out[1] > 0) & (out[2] > 0)).any()
 
 
+def test_intensity_jitter_is_small_and_never_touches_the_masks():
+    """On a flat patch only the intensity augmentations show: gain within 10 %, gamma within exp(±0.15),
+    noise of sd 0.02, and a 3x3 blur that cuts the noise to about a third; mask channels pass unchanged."""
+    mask = np.ones((96, 96), dtype=np.uint8)
+    x = to_input(np.full((96, 96), 500, dtype=np.uint16), mask, 0.0, 1000.0, "dapi_masks")
+    lo, hi = 0.9 * 0.5 ** np.exp(0.15), 1.1 * 0.5 ** np.exp(-0.15)
+    means, sds = [], []
+    for seed in range(40):
+        out = augment(x, torch.Generator().manual_seed(seed), blur=True)
+        torch.testing.assert_close(out[1:], x[1:], rtol=0, atol=0)
+        means.append(float(out[0].mean()))
+        sds.append(float(out[0][2:-2, 2:-2].std()))
+    assert all(lo - 0.01 < m < hi + 0.01 for m in means) and np.std(means) > 0.01  # jittered, within bounds
+    sharp = [sd for sd in sds if sd > 0.015]
+    blurred = [sd for sd in sds if sd < 0.012]
+    assert sharp and blurred and len(sharp) + len(blurred) == len(sds)
+    assert np.mean(sharp) == pytest.approx(0.02, rel=0.1) and np.mean(blurred) == pytest.approx(0.0075, rel=0.2)
+
+
 def test_scores_match_scikit_learn():
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
