@@ -92,20 +92,28 @@ def _geojson(polygons: np.ndarray) -> list[dict]:
 class PolygonRaster:
     """Burns polygons (pixel coordinates) with their integer labels into windows of a label image."""
 
-    def __init__(self, polygons_px: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, polygons_px: np.ndarray, labels: np.ndarray, layers: np.ndarray | None = None) -> None:
+        """``layers``: drawing order where polygons overlap (lower first); within a layer, the STR-tree's
+        spatial order. Not the table's order, which follows cell ids: with shared edges given to the larger
+        id, a model trained on a null slide (DAPI independent of the label) claimed signal, permutation
+        p = 0.002, where the spatial order gives none."""
         self.polygons = polygons_px
         self.labels = labels.astype(np.uint32)
+        self.layers = layers
         self.tree = shapely.STRtree(polygons_px)
 
-    def window(self, win: Window, factor: int = 1, all_touched: bool = False) -> np.ndarray:
-        """uint32 labels of the window; 0 is background; a pixel belongs to a polygon if its centre does.
+    def window(self, win: Window, factor: int = 1, all_touched: bool = False, dtype=np.uint32) -> np.ndarray:
+        """Labels of the window; 0 is background; a pixel belongs to a polygon if its centre does. Where
+        polygons overlap, a higher layer wins; within a layer, the order is the STR-tree's (spatial).
 
         With ``factor`` > 1 the window is in the pixels of an image zoomed out that many times (a pyramid
         level); ``all_touched`` then keeps polygons smaller than a pixel visible.
         """
-        out = np.zeros((win.h, win.w), dtype=np.uint32)
+        out = np.zeros((win.h, win.w), dtype=dtype)
         x0, y0 = win.x0 * factor, win.y0 * factor
         hits = self.tree.query(shapely.box(x0, y0, x0 + win.w * factor, y0 + win.h * factor))
+        if self.layers is not None:
+            hits = hits[np.argsort(self.layers[hits], kind="stable")]
         if len(hits):
             with warnings.catch_warnings():
                 # rasterio warns that a pixel-space transform is "not georeferenced": that is the point.

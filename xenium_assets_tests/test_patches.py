@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -201,19 +202,118 @@ def test_blocks_and_crop_chunks_do_not_change_the_samples(extracted, tmp_path, m
         pd.testing.assert_frame_equal(index, expected)
 
 
+def test_sample_json_is_what_json_dumps_writes(extracted):
+    """The column-wise JSON is byte for byte ``json.dumps`` of each cell's record, odd values included."""
+    import dataclasses
+
+    from xenium_assets.patches.extract import _metadata
+
+    task = max(extracted[5], key=lambda t: len(t.cells))
+    cells = task.cells.head(6).copy()
+    cells["cell_id"] = ['a"b', "ünï", "c\\d", "x", "y", "z"]
+    cells["label"] = ["B cell", 'q"uote', "é", "B cell", "B cell", "T"]
+    cells["confidence"] = [np.nan, 1.0, 0.123456789012345, 1e-20, 0.5, np.inf]
+    cells["n_nuclei"] = [1, 2, 1, 3, 1, 1]
+    task = dataclasses.replace(task, cells=cells, resampled=True)
+    top, left = np.arange(6) - 3, np.arange(6) * 7
+    edge = np.array([True, False, True, False, False, True])
+    expected = [
+        json.dumps(
+            {
+                "sample": task.sample,
+                "cell_id": c.cell_id,
+                "tile": task.tile,
+                "label": c.label,
+                "label_version": c.label_version,
+                "confidence": float(c.confidence),
+                "nucleus_area_um2": float(c.nucleus_area_um2),
+                "cell_area_um2": float(c.cell_area_um2),
+                "pixel_size_um": task.pixel_size_um,
+                "patch_um": task.spec.size_um,
+                "centroid_um": [c.x_um, c.y_um],
+                "origin_px": [int(t), int(l_)],
+                "flags": [
+                    f for f, on in (("edge_padded", e), ("multinucleate", c.n_nuclei > 1), ("resampled", True)) if on
+                ],
+            }
+        ).encode()
+        for c, t, l_, e in zip(cells.itertuples(), top, left, edge, strict=True)
+    ]
+    assert _metadata(task, top, left, edge) == expected
+
+
+def test_overlaps_are_drawn_by_layer_and_place_never_by_table_order():
+    """Overlaps are resolved by layer (nuclei over cells) and by place, not by the table's order (cell ids):
+    with shared edges given by id, the null-slide test of the training claimed signal (see PolygonRaster)."""
+    from xenium_assets.raster import PolygonRaster, Window
+
+    polys = np.array([shapely.box(0, 0, 10, 10), shapely.box(5, 0, 15, 10), shapely.box(6, 2, 9, 8)])
+    labels, layers = np.array([1, 2, 3]), np.array([0, 0, 1])
+    win = Window(0, 0, 10, 15)
+    drawn = PolygonRaster(polys, labels, layers).window(win)
+    for order in ([2, 1, 0], [1, 2, 0], [0, 2, 1]):
+        np.testing.assert_array_equal(PolygonRaster(polys[order], labels[order], layers[order]).window(win), drawn)
+    assert (drawn[2:8, 6:9] == 3).all()  # the upper layer (a nucleus) wins wherever it is in the table
+    assert set(np.unique(drawn[:, 5:10])) == {2, 3}  # the overlap of the two cells went to one, whatever the order
+
+
+def test_tar_headers_equal_the_scalar_ones_and_tarfile_reads_them():
+    import io
+    import tarfile
+
+    from xenium_assets.patches.shards import _tar_header, tar_headers
+
+    names = ["s/1.dapi.npy", "sample-ü/cell_%d.json", "x" * 100]
+    sizes = np.array([0, 1, 8**11 - 1])
+    headers = tar_headers(names, sizes)
+    assert [h.tobytes() for h in headers] == [_tar_header(n, int(z)) for n, z in zip(names, sizes, strict=True)]
+    long = ["d" * 40 + "/" + "f" * 90]  # over 100 bytes: the ustar prefix field, on the scalar path
+    assert tar_headers(long, np.array([3]))[0].tobytes() == _tar_header(long[0], 3)
+    tar = io.BytesIO(_tar_header(long[0], 3) + b"abc".ljust(512, b"\0") + b"\0" * 1024)
+    with tarfile.open(fileobj=tar) as t:
+        assert t.getnames() == long and t.extractfile(long[0]).read() == b"abc"
+
+
+def test_shards_are_cut_by_count_and_by_bytes(tmp_path):
+    """Chunks that straddle a shard's limits are split there; samples keep their order across shards."""
+    from xenium_assets.patches.shards import TileShardWriter
+
+    rng = np.random.default_rng(0)
+    keys = [f"s/c{i:03d}" for i in range(50)]
+    dapi = rng.integers(0, 65535, (50, 8, 8), dtype=np.uint16)
+    one_sample = 3 * 512 + 2 * 512 + 512  # three headers, two padded arrays, a short JSON
+    for max_count, max_bytes, per_shard in ((7, 1e9, 7), (1000, 4 * one_sample, 4)):
+        folder = tmp_path / f"{max_count}"
+        writer = TileShardWriter(folder, max_count=max_count, max_bytes=max_bytes)
+        shard_of = []
+        for first in range(0, 50, 16):  # chunks of 16 against shards of 7 or 4 samples
+            chunk = writer.chunk(keys[first : first + 16], (8, 8))
+            chunk.dapi[...] = dapi[first : first + 16]
+            chunk.mask[...] = 1
+            shard_of += writer.write(chunk, [json.dumps({"i": first + j}).encode() for j in range(len(chunk.keys))])
+        shards_written = writer.close()
+        assert len(shards_written) == -(-50 // per_shard) and shard_of == [
+            shards_written[i // per_shard] for i in range(50)
+        ]
+        samples = list(wds.WebDataset(sorted(str(p) for p in folder.glob("shard-*.tar")), shardshuffle=False).decode())
+        assert [s["__key__"] for s in samples] == keys and [s["json"]["i"] for s in samples] == list(range(50))
+        np.testing.assert_array_equal(np.stack([s["dapi.npy"] for s in samples]), dapi)
+
+
 KILLER = textwrap.dedent(
     """
     import os, pickle, signal, sys
     from xenium_assets.patches import shards
     from xenium_assets.patches.extract import extract_tile
     task = pickle.load(open(sys.argv[1], "rb"))
-    original, written = shards.TileShardWriter.write, []
-    def write(self, *args, **kwargs):
-        if len(written) == 5:
-            os.kill(os.getpid(), signal.SIGKILL)  # die mid-tile, mid-shard: no cleanup code runs
-        written.append(1)
-        return original(self, *args, **kwargs)
-    shards.TileShardWriter.write = write
+    original, calls = shards._write_all, []
+    def write_all(file, pieces):
+        calls.append(1)
+        if len(calls) == 3:  # the third shard's samples: write half of them, then die
+            original(file, pieces[: len(pieces) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)  # mid-tile, mid-shard: no cleanup code runs
+        original(file, pieces)
+    shards._write_all = write_all
     extract_tile(task)
     """
 )

@@ -28,16 +28,6 @@ MAX_SAMPLES_PER_SHARD = 10_000
 MAX_SHARD_BYTES = 1e9
 
 
-def _npy(array: np.ndarray, headers: dict) -> bytes:
-    """The .npy encoding (header + raw C-order bytes); headers are cached per shape and dtype."""
-    key = (array.shape, array.dtype.str)
-    if key not in headers:
-        buf = io.BytesIO()
-        np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(array))
-        headers[key] = buf.getvalue()
-    return headers[key] + np.ascontiguousarray(array).tobytes()
-
-
 def _tar_header(name: str, size: int) -> bytes:
     """A POSIX ustar member header (regular file, mode 0444, mtime 0: reproducible bytes)."""
     raw = name.encode()
@@ -61,12 +51,39 @@ def _tar_header(name: str, size: int) -> bytes:
     return bytes(h)
 
 
+def tar_headers(names: list[str], sizes: np.ndarray) -> np.ndarray:
+    """(n, 512) uint8: ``_tar_header`` of every name and size, built as one array (about 1 µs a header
+    against 5 µs in Python). Names over 100 bytes need the ustar prefix field: those take the scalar path."""
+    raw = [n.encode() for n in names]
+    if not raw or max(map(len, raw)) > 100:
+        return np.array([np.frombuffer(_tar_header(n, int(s)), np.uint8) for n, s in zip(names, sizes, strict=True)])
+    out = np.tile(np.frombuffer(_tar_header("", 0), np.uint8), (len(raw), 1))
+    out[:, :100] = np.array(raw, dtype="S100").view(np.uint8).reshape(len(raw), 100)
+    out[:, 124:135] = _octal(np.asarray(sizes, dtype=np.int64), 11)
+    out[:, 148:156] = ord(" ")
+    out[:, 148:154] = _octal(out.sum(axis=1, dtype=np.int64), 6)
+    out[:, 154] = 0
+    return out
+
+
+def _octal(values: np.ndarray, digits: int) -> np.ndarray:
+    """ASCII octal digits, zero-padded to ``digits``, of each value (one row per value)."""
+    shifts = 3 * np.arange(digits - 1, -1, -1)
+    return ((values[:, None] >> shifts) & 7).astype(np.uint8) + ord("0")
+
+
+def _padded(n: int) -> int:
+    return n + (-n % 512)
+
+
 class TileShardWriter:
     """Samples -> shard-00000.tar, shard-00001.tar, ... in ``folder`` (each at most N samples / bytes).
 
-    Writes plain ustar members itself: webdataset's TarWriter (tarfile underneath) costs 144 µs per
-    3-member sample against 65 µs here, and tar writing was half of a tile's time. The result is an
-    ordinary tar that webdataset and tarfile read.
+    Writes plain ustar members itself, a chunk of samples at a time: each sample's arrays go straight into
+    one preallocated buffer that already holds their tar and .npy headers, and a chunk is one ``writev``.
+    Per 3-member sample: webdataset's TarWriter (tarfile underneath) 144 µs, this writer one sample at a
+    time 65 µs, a chunk at a time 43 µs, 26 µs of it the kernel taking the bytes. The result is an ordinary
+    tar that webdataset and tarfile read.
     """
 
     def __init__(self, folder: Path, max_count: int = MAX_SAMPLES_PER_SHARD, max_bytes: float = MAX_SHARD_BYTES):
@@ -79,7 +96,6 @@ class TileShardWriter:
         self._file = None
         self._tmp: Path | None = None
         self._count = self._bytes = 0
-        self._headers: dict = {}
 
     def _publish(self) -> None:
         """Close the open tar (with the end-of-archive blocks) and give it its final name."""
@@ -90,31 +106,88 @@ class TileShardWriter:
         os.replace(self._tmp, self.folder / self.shards[-1])
         self._file = None
 
-    def write(self, key: str, dapi: np.ndarray, mask: np.ndarray, meta: dict) -> str:
-        """Write one sample (``key``.dapi.npy, .mask.npy, .json); returns the name of its shard."""
-        if self._file is None or self._count >= self.max_count or self._bytes >= self.max_bytes:
-            self._publish()
-            self.shards.append(SHARD_PATTERN % len(self.shards))
-            self._tmp = self.folder / f".{self.shards[-1]}{PARTIAL}{os.getpid()}"
-            self._file = open(self._tmp, "wb")  # noqa: SIM115 (closed in _publish)
-            self._count = self._bytes = 0
-        members = (
-            ("dapi.npy", _npy(dapi, self._headers)),
-            ("mask.npy", _npy(mask, self._headers)),
-            ("json", json.dumps(meta).encode()),
-        )
-        for ext, data in members:
-            self._file.write(_tar_header(f"{key}.{ext}", len(data)))
-            self._file.write(data)
-            self._file.write(b"\0" * (-len(data) % 512))
-            self._bytes += 512 + len(data) + (-len(data) % 512)
-        self._count += 1
-        return self.shards[-1]
+    def _open(self) -> None:
+        self._publish()
+        self.shards.append(SHARD_PATTERN % len(self.shards))
+        self._tmp = self.folder / f".{self.shards[-1]}{PARTIAL}{os.getpid()}"
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 (closed in _publish)
+        self._count = self._bytes = 0
+
+    def chunk(self, keys: list[str], patch_shape: tuple[int, int]) -> SampleChunk:
+        """A buffer for the next ``len(keys)`` samples: fill its ``dapi`` and ``mask``, then ``write`` it."""
+        return SampleChunk(keys, patch_shape)
+
+    def write(self, chunk: SampleChunk, jsons: list[bytes]) -> list[str]:
+        """Write the chunk's samples (``key``.dapi.npy, .mask.npy, and ``jsons`` as .json); returns each one's shard."""
+        sizes = np.array([len(j) for j in jsons])
+        json_headers = tar_headers([f"{k}.json" for k in chunk.keys], sizes)
+        rows = chunk.rows
+        pieces = []
+        for row, header, data in zip(rows, json_headers, jsons, strict=True):
+            pieces += [row, header, data, bytes(-len(data) % 512)]
+        sample_bytes = rows.shape[1] + 512 + (sizes + (-sizes % 512))
+        shard_of: list[str] = []
+        first = 0
+        while first < len(jsons):
+            if self._file is None or self._count >= self.max_count or self._bytes >= self.max_bytes:
+                self._open()
+            # As many samples as the shard takes: up to the count, and up to the one that reaches the bytes.
+            total = self._bytes + np.cumsum(sample_bytes[first:])
+            n = min(len(total), self.max_count - self._count, int(np.searchsorted(total, self.max_bytes)) + 1)
+            _write_all(self._file, pieces[4 * first : 4 * (first + n)])
+            self._count += n
+            self._bytes = int(total[n - 1])
+            shard_of += [self.shards[-1]] * n
+            first += n
+        return shard_of
 
     def close(self) -> list[str]:
         """Publish the last shard; returns the shards written."""
         self._publish()
         return self.shards
+
+
+def _write_all(file, pieces: list) -> None:
+    """Write buffers with as few system calls as the OS allows, without joining (copying) them first."""
+    file.flush()
+    fd = file.fileno()
+    for first in range(0, len(pieces), 1024):  # IOV_MAX
+        batch = [memoryview(p).cast("B") for p in pieces[first : first + 1024]]
+        while batch:
+            written = os.writev(fd, batch)
+            while batch and written >= len(batch[0]):
+                written -= len(batch.pop(0))
+            if batch:
+                batch[0] = batch[0][written:]
+
+
+class SampleChunk:
+    """The tar bytes of a chunk of samples, less their JSON: per sample, the header and .npy of the DAPI
+    patch (uint16) and of the mask (uint8). ``dapi`` and ``mask`` are views into it, to be filled."""
+
+    def __init__(self, keys: list[str], shape: tuple[int, int]) -> None:
+        n, (h, w) = len(keys), shape
+        self.keys = keys
+        parts = []
+        for ext, dtype in (("dapi.npy", np.uint16), ("mask.npy", np.uint8)):
+            buf = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                buf, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (h, w)}
+            )
+            npy_header = np.frombuffer(buf.getvalue(), np.uint8)
+            size = len(npy_header) + h * w * np.dtype(dtype).itemsize
+            parts.append((ext, dtype, npy_header, size))
+        width = sum(512 + _padded(size) for *_, size in parts)
+        self.rows = np.zeros((n, width), dtype=np.uint8)
+        views = []
+        at = 0
+        for ext, dtype, npy_header, size in parts:
+            self.rows[:, at : at + 512] = tar_headers([f"{k}.{ext}" for k in keys], np.full(n, size))
+            start = at + 512 + len(npy_header)
+            self.rows[:, at + 512 : start] = npy_header
+            views.append(self.rows[:, start : start + h * w * np.dtype(dtype).itemsize].view(dtype).reshape(n, h, w))
+            at += 512 + _padded(size)
+        self.dapi, self.mask = views
 
 
 def finish_tile(folder: Path, index: pd.DataFrame, summary: dict, metadata: dict[str, str]) -> None:
