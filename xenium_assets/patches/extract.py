@@ -145,7 +145,7 @@ def crop(array: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.
 
 def _metadata(task: TileTask, top: np.ndarray, left: np.ndarray, edge: np.ndarray) -> list[bytes]:
     """Every cell's sample JSON, formatted column by column: the same bytes as ``json.dumps`` of a dict
-    per cell (which cost 17 µs a cell, a twentieth of a patch), in about 3 µs."""
+    per cell, in about 7 µs a cell against 28 µs for building and dumping the dicts."""
     cells = task.cells
     dumps = json.dumps
 
