@@ -121,12 +121,25 @@ def test_retraining_only_when_shards_or_labels_changed(project):
     assert isinstance(request, RunRequest) and request.run_key.startswith("retrain-")
 
 
+def _worker_settings() -> tuple[dict, str, bool]:
+    import dask
+    import pyarrow as pa
+
+    profiling = dask.config.get("distributed.worker.profile.enabled")
+    return dict(os.environ), pa.default_memory_pool().backend_name, profiling
+
+
 def test_dask_resource_local_and_attached():
     from distributed import LocalCluster
 
     with DaskResource(n_workers=2).client() as client:
         pids = set(client.gather(client.map(lambda i: os.getpid(), range(8), pure=False)))
         assert len(client.scheduler_info()["workers"]) == 2 and os.getpid() not in pids
+        # The local workers' allocators and background work, set for speed and flat memory (DaskResource.client).
+        for env, pool, profiling in client.run(_worker_settings).values():
+            assert not [k for k in env if k.startswith("MALLOC_")], env
+            assert env["ARROW_DEFAULT_MEMORY_POOL"] == "system" and pool == "system"
+            assert profiling is False
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     try:  # an existing scheduler, attached to by address
         with DaskResource(scheduler_address=cluster.scheduler_address).client() as client:
