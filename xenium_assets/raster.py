@@ -159,3 +159,59 @@ class PolygonRaster:
                 empty = out[r, c] == 0
                 out[r[empty], c[empty]] = labels[missed[empty]]
         return out
+
+
+def winding_counts(
+    x: np.ndarray,
+    y: np.ndarray,
+    offsets: np.ndarray,
+    item: np.ndarray,
+    top: np.ndarray,
+    left: np.ndarray,
+    weight: np.ndarray,
+    size: int,
+) -> np.ndarray:
+    """(len(top), size, size) int32: per window i, the sum of ``weight[k]`` over the rings k drawn in it
+    (``item[k] == i``) whose inside holds the pixel centre. Window i's pixel (r, c) is image pixel
+    (top[i] + r, left[i] + c); ring k's vertices (image px, x = column) are ``offsets[k]:offsets[k + 1]``,
+    closed or not, in either orientation.
+
+    Scan conversion in numpy, all rings at once: every edge gives the rows whose centre line it crosses, a
+    crossing adds its weight (signed by the edge's direction and the ring's orientation) at the first pixel
+    right of it, and a cumulative sum along rows turns crossings into the winding number at each pixel
+    centre, exactly ``shapely.contains_xy`` for a valid polygon. Rings are drawn per window, so overlapping
+    polygons add up instead of one overwriting the other. Why not rasterio: for 13-vertex cell outlines it
+    spends most of its time building GDAL geometries vertex by vertex (0.09 ms a cell, plus crops of the
+    label image); this costs about 0.03 ms a cell for its outline, its nucleus and its neighbours' nuclei.
+    int32 because numpy's cumulative sum of int32 is 4.5x faster than of int16 or int8 (0.64 against
+    2.9 ms for 128 windows of 96²).
+    """
+    n_items = len(top)
+    # A column past the right edge takes the crossings right of the window: every ring's crossings of a
+    # row then sum to zero within it, so one flat cumulative sum does every row of every window.
+    acc = np.zeros((n_items, size, size + 1), dtype=np.int32)
+    if len(offsets) < 2:
+        return acc[:, :, :size]
+    lengths = np.diff(offsets)
+    ring = np.repeat(np.arange(len(lengths)), lengths)
+    following = np.arange(1, len(x) + 1)
+    following[offsets[1:] - 1] = offsets[:-1]  # each ring's last vertex joins its first
+    x0 = x - np.repeat(left[item], lengths)
+    y0 = y - np.repeat(top[item], lengths)
+    x1, y1 = x0[following], y0[following]
+    orientation = np.sign(np.add.reduceat(x0 * y1 - x1 * y0, offsets[:-1]))
+    down = y1 < y0
+    low, high = np.where(down, y1, y0), np.where(down, y0, y1)
+    # Rows whose centre line r + 0.5 lies in [low, high): a vertex on a centre line counts once.
+    first = np.clip(np.ceil(low - 0.5), 0, size).astype(np.int64)
+    rows = np.maximum(np.clip(np.ceil(high - 0.5), 0, size).astype(np.int64) - first, 0)
+    edge = np.repeat(np.arange(len(x)), rows)
+    row = first[edge] + np.arange(len(edge)) - np.repeat(np.cumsum(rows) - rows, rows)
+    slope = (x1 - x0) / np.where(y1 == y0, 1, y1 - y0)
+    cross_x = x0[edge] + (row + 0.5 - y0[edge]) * slope[edge]
+    col = np.clip(np.floor(cross_x - 0.5).astype(np.int64) + 1, 0, size)
+    signed = (np.where(down, 1, -1) * orientation[ring] * weight[ring]).astype(np.int32)
+    flat = acc.reshape(-1)
+    np.add.at(flat, (item[ring[edge]] * size + row) * (size + 1) + col, signed[edge])
+    np.cumsum(flat, out=flat)
+    return acc[:, :, :size]

@@ -257,6 +257,83 @@ def test_overlaps_are_drawn_by_layer_and_place_never_by_table_order():
     assert set(np.unique(drawn[:, 5:10])) == {2, 3}  # the overlap of the two cells went to one, whatever the order
 
 
+def test_winding_counts_are_shapely_containment_at_pixel_centres():
+    """The scan conversion behind the masks: for valid polygons in either orientation, closed or open rings,
+    windows partly off the polygons and polygons partly off the windows, a pixel counts exactly where
+    shapely says its centre is inside; overlapping rings add their weights."""
+    from xenium_assets.raster import winding_counts
+
+    rng = np.random.default_rng(3)
+    rings, items, weights = [], [], []
+    while len(rings) < 60:
+        n = int(rng.integers(4, 16))
+        angle = np.sort(rng.uniform(0, 2 * np.pi, n))
+        radius = rng.uniform(3, 30, n)
+        centre = rng.uniform(-20, 70, 2)
+        xy = centre + np.column_stack([radius * np.cos(angle), radius * np.sin(angle)])
+        if not shapely.Polygon(xy).is_valid:
+            continue
+        xy = xy[::-1] if len(rings) % 2 else np.vstack([xy, xy[:1]])  # clockwise open, anticlockwise closed
+        rings.append(xy)
+        items.append(len(rings) % 4)
+        weights.append(int(rng.choice([1, 16, 256])))
+    top, left = np.array([0, -7, 20, 33]), np.array([0, 11, -5, 40])
+    offsets = np.cumsum([0] + [len(r) for r in rings])
+    xy = np.vstack(rings)
+    size = 48
+    counts = winding_counts(xy[:, 0], xy[:, 1], offsets, np.array(items), top, left, np.array(weights), size)
+    assert counts.shape == (4, size, size)
+    rows, cols = np.mgrid[0:size, 0:size]
+    for i in range(4):
+        expected = np.zeros((size, size), dtype=np.int64)
+        for ring, item, weight in zip(rings, items, weights, strict=True):
+            if item == i:
+                inside = shapely.contains_xy(shapely.Polygon(ring), left[i] + cols + 0.5, top[i] + rows + 0.5)
+                expected += weight * inside
+        np.testing.assert_array_equal(counts[i], expected)
+    assert counts.any()
+
+
+def test_patch_masks_give_shared_pixels_to_no_nucleus_and_to_both_outlines():
+    """Two cells whose outlines and nuclei overlap: a pixel in both nuclei is in neither nucleus mask (nor
+    perinuclear), a pixel in both outlines outside every nucleus is perinuclear to both, whatever the
+    polygons' order in the tile's table."""
+    from xenium_assets.patches.extract import PatchMasks
+    from xenium_assets.patches.geometry import TileRings
+
+    polygons = {
+        ("a", "cell"): shapely.box(0, 0, 40, 40),
+        ("a", "nucleus"): shapely.box(10, 10, 24, 24),
+        ("b", "cell"): shapely.box(30, 0, 70, 40),
+        ("b", "nucleus"): shapely.box(20, 14, 50, 30),
+    }
+
+    def masks(order):
+        keys = [list(polygons)[k] for k in order]
+        rings = [shapely.get_coordinates(polygons[k].exterior) for k in keys]
+        tile = TileRings(
+            ids=np.array([k[0] for k in keys], dtype=object),
+            kinds=np.array([k[1] for k in keys], dtype=object),
+            x=np.concatenate([r[:, 0] for r in rings]),
+            y=np.concatenate([r[:, 1] for r in rings]),
+            offsets=np.cumsum([0] + [len(r) for r in rings]),
+        )
+        return PatchMasks(tile, 48)(np.array(["a", "b"], dtype=object), np.array([-4, -4]), np.array([-4, 16]))
+
+    a, b = masks([0, 1, 2, 3])
+    for order in ([3, 2, 1, 0], [1, 3, 0, 2]):
+        np.testing.assert_array_equal(np.stack([a, b]), masks(order))
+
+    def at(window, origin_x, y, x):  # the mask value at image pixel (y, x); both windows start at row -4
+        return window[y + 4, x - origin_x]
+
+    assert at(a, -4, 12, 12) == MASK_NUCLEUS and at(b, 16, 20, 45) == MASK_NUCLEUS
+    assert at(a, -4, 20, 22) == 0 and at(b, 16, 20, 22) == 0  # in both nuclei: neither cell's
+    assert at(a, -4, 5, 35) == MASK_PERINUCLEAR and at(b, 16, 5, 35) == MASK_PERINUCLEAR  # in both outlines
+    assert at(a, -4, 20, 35) == 0  # b's nucleus, inside a's outline: never in a's masks
+    assert (a == MASK_NUCLEUS).sum() == 14 * 14 - 4 * 10 and (b == MASK_NUCLEUS).sum() == 30 * 16 - 4 * 10
+
+
 def test_tar_headers_equal_the_scalar_ones_and_tarfile_reads_them():
     import io
     import tarfile

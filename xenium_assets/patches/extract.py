@@ -1,11 +1,11 @@
-"""Cut the patches of one tile: both masks rasterised per block in one call, crops by fancy indexing.
+"""Cut the patches of one tile: DAPI crops by fancy indexing, masks scan-converted for many cells at once.
 
 ``plan_cells`` decides, for all cells of a sample at once, which are eligible and why the others are
 skipped, and groups them by owning tile. ``extract_tile`` (a dask task) then works through its tile
 in equal blocks of at most BLOCK_PX² plus a half-patch halo, so memory does not grow with tile or
-slide size: per block, one DAPI read from the transcoded store, one rasterisation of all its cell and
-nucleus polygons into one label image, and vectorised crops of its cells' windows, CHUNK_CELLS at a time,
-written straight into the tar writer's buffer. No loop over cells touches pixels.
+slide size: per block, one DAPI read from the transcoded store; per CHUNK_CELLS cells of the block,
+vectorised crops of their windows and one scan conversion of every polygon that reaches their windows
+(``patch_masks``), written straight into the tar writer's buffer. No loop over cells touches pixels.
 """
 
 from __future__ import annotations
@@ -18,21 +18,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import shapely
 import zarr
 
 from xenium_assets.patches import shards
 from xenium_assets.patches.dapi_store import DapiStore
-from xenium_assets.patches.geometry import CELLS, read_tile_polygons
+from xenium_assets.patches.geometry import CELLS, TileRings, gather, read_tile_rings
 from xenium_assets.patches.grid import PatchSpec, tile_window
-from xenium_assets.raster import PolygonRaster, read_window
+from xenium_assets.raster import read_window, winding_counts
 
 BLOCK_PX = 1280
 """Largest block side. A tile of the 8 x 8 grid is 1250 px on a 10k² slide: blocks of 1250² there and on
 20k² (four) keep a worker's peak nearly the same on both; blocks of up to 2048² peaked about 55 MB higher on
 20k² and cut tiles no faster (0.43 against 0.42 ms a patch, six 20k² tiles in one process)."""
 CHUNK_CELLS = 128
-"""Cells cropped at once (their DAPI, label crops and masks: about 15 MB), whatever the density."""
+"""Cells cut at once (their DAPI crops, winding counts and masks: about 15 MB), whatever the density."""
 MASK_NUCLEUS, MASK_PERINUCLEAR = 1, 2
+# Weights of a patch's polygons in one winding count: its cell's outline, its cell's nuclei, other cells'
+# nuclei (up to 15 overlapping outlines or own nuclei).
+_OWN_CELL, _OWN_NUCLEUS, _OTHER_NUCLEUS = 1, 16, 256
 
 # Skip reasons, most fundamental first: a cell is counted under the first that applies.
 RAW_REASONS = {
@@ -143,6 +147,45 @@ def crop(array: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.
     return np.lib.stride_tricks.sliding_window_view(array, (size, size))[top, left]
 
 
+class PatchMasks:
+    """Nucleus and perinuclear masks of any cells of one tile, from the tile's polygons (target px)."""
+
+    def __init__(self, rings: TileRings, size: int) -> None:
+        self.rings, self.size = rings, size
+        self.codes = pd.Index(pd.unique(rings.ids))
+        self.owner = self.codes.get_indexer(rings.ids)
+        self.is_nucleus = rings.kinds == "nucleus"
+        starts = rings.offsets[:-1]
+        self.starts, self.lengths = starts, np.diff(rings.offsets)
+        if len(starts):
+            bounds = [f.reduceat(v, starts) for f in (np.minimum, np.maximum) for v in (rings.x, rings.y)]
+            self.tree = shapely.STRtree(shapely.box(*bounds))
+        else:
+            self.tree = shapely.STRtree([])
+
+    def __call__(self, cell_ids: np.ndarray, top: np.ndarray, left: np.ndarray) -> np.ndarray:
+        """(n, size, size) uint8 masks of the windows at ``top``, ``left`` of the cells ``cell_ids``.
+
+        Nucleus: in the cell's nuclei and in no other cell's. Perinuclear: inside the cell's outline and in no
+        nucleus at all, so a neighbour's nucleus never enters the masks. Where two outlines overlap outside
+        every nucleus, the pixel is perinuclear to both: no cell wins it by its id or its drawing order (see
+        the null-slide note at PolygonRaster).
+        """
+        size = self.size
+        patch, ring = self.tree.query(shapely.box(left, top, left + size, top + size))
+        own = self.owner[ring] == self.codes.get_indexer(cell_ids)[patch]
+        keep = own | self.is_nucleus[ring]
+        patch, ring, own = patch[keep], ring[keep], own[keep]
+        weight = np.where(own, np.where(self.is_nucleus[ring], _OWN_NUCLEUS, _OWN_CELL), _OTHER_NUCLEUS)
+        vertex, offsets = gather(self.starts, self.lengths, ring)
+        x, y = self.rings.x[vertex], self.rings.y[vertex]
+        counts = winding_counts(x, y, offsets, patch, top, left, weight, size).view(np.uint32)
+        alone = counts < _OTHER_NUCLEUS  # negative counts (invalid outlines) read as large: no mask
+        inside = ((counts > 0) & alone).view(np.uint8)
+        nucleus = ((counts >= _OWN_NUCLEUS) & alone).view(np.uint8)
+        return inside * np.uint8(MASK_PERINUCLEAR) - nucleus * np.uint8(MASK_PERINUCLEAR - MASK_NUCLEUS)
+
+
 def _metadata(task: TileTask, top: np.ndarray, left: np.ndarray, edge: np.ndarray) -> list[bytes]:
     """Every cell's sample JSON, formatted column by column: the same bytes as ``json.dumps`` of a dict
     per cell, in about 7 µs a cell against 28 µs for building and dumping the dicts."""
@@ -198,18 +241,8 @@ def extract_tile(task: TileTask) -> dict:
     out = Path(task.out_dir)
     size, half = task.spec.size_px, task.spec.halo_px
     cells = task.cells
-    ids, kinds, polys = read_tile_polygons(Path(task.geometry_dir), task.tile)
-    # One raster value per cell present in the tile (owned or neighbour): a cell's nuclei share it.
-    codes = pd.Index(pd.unique(np.concatenate([ids, cells["cell_id"].to_numpy(dtype=object)])))
-    values = codes.get_indexer(ids) + 1
-    own_value = codes.get_indexer(cells["cell_id"].to_numpy(dtype=object)) + 1
-    # One label raster for both masks: cell polygons burnt first as v, nuclei over them as v + n. A pixel
-    # reads v where it is in cell v's polygon and in no nucleus, v + n where it is in cell v's nuclei.
-    # uint16 while the labels fit: crops and comparisons move half the bytes of uint32.
-    n = len(codes)
-    is_nucleus = kinds == "nucleus"
-    raster = PolygonRaster(polys, np.where(is_nucleus, values + n, values), layers=is_nucleus.astype(np.int8))
-    label_dtype = np.uint16 if 2 * n < np.iinfo(np.uint16).max else np.uint32
+    masks = PatchMasks(read_tile_rings(Path(task.geometry_dir), task.tile), size)
+    cell_ids = cells["cell_id"].to_numpy(dtype=object)
     image = zarr.open_array(task.store, mode="r")
     height, width = task.shape
     row_px, col_px = cells["row_px"].to_numpy(), cells["col_px"].to_numpy()
@@ -236,19 +269,12 @@ def extract_tile(task: TileTask) -> dict:
                 continue
             region = block.pad(half)
             pixels = read_window(image, region)
-            labelled = raster.window(region, dtype=label_dtype)
             # Crops are made CHUNK_CELLS at a time: a block's worth at once would grow with cell density.
             for first in range(0, len(pick), CHUNK_CELLS):
                 chunk = pick[first : first + CHUNK_CELLS]
-                t, l_ = top[chunk] - region.y0, left[chunk] - region.x0
                 samples = writer.chunk([keys[i] for i in chunk], (size, size))
-                samples.dapi[...] = crop(pixels, t, l_, size)
-                lab = crop(labelled, t, l_, size)
-                own = own_value[chunk].astype(label_dtype)[:, None, None]
-                # Nucleus: this cell's nuclei only. Perinuclear: inside its cell polygon and in no nucleus at
-                # all, so a neighbour's nucleus never enters this cell's masks. Bools are 0/1 bytes: view as uint8.
-                np.multiply((lab == own).view(np.uint8), np.uint8(MASK_PERINUCLEAR), out=samples.mask)
-                samples.mask |= (lab == own + n).view(np.uint8) * np.uint8(MASK_NUCLEUS)
+                samples.dapi[...] = crop(pixels, top[chunk] - region.y0, left[chunk] - region.x0, size)
+                samples.mask[...] = masks(cell_ids[chunk], top[chunk], left[chunk])
                 shard_of[chunk] = writer.write(samples, [metas[i] for i in chunk])
                 for j, i in enumerate(chunk if wanted else ()):  # until every class has its examples
                     if wanted.get(cell_labels[i], 0) > 0:
@@ -256,9 +282,9 @@ def extract_tile(task: TileTask) -> dict:
                         examples.setdefault(cell_labels[i], []).append((samples.dapi[j].copy(), samples.mask[j].copy()))
                 wanted = {label: left_ for label, left_ in wanted.items() if left_ > 0}
                 # Freed before the next chunk and block are made, not when their names are rebound
-                # (after them): otherwise two blocks' rasters are alive at once, in tiles of several blocks.
-                del samples, lab
-            del pixels, labelled
+                # (after them): otherwise two blocks' pixels are alive at once, in tiles of several blocks.
+                del samples
+            del pixels
     finally:
         published = writer.close()
     written = np.array([s is not None for s in shard_of], dtype=bool)

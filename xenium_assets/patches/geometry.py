@@ -246,20 +246,39 @@ def split_by_tile(
     )
 
 
-def read_tile_polygons(folder: Path, tile: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(owner cell ids, kinds, shapely polygons in target px) of one tile; empty if the tile has none."""
+@dataclass
+class TileRings:
+    """One tile's polygons as ragged vertex arrays (target px): ring k is ``x[offsets[k]:offsets[k + 1]]``."""
+
+    ids: np.ndarray
+    kinds: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    offsets: np.ndarray
+
+    def polygons(self) -> np.ndarray:
+        return polygons_from_offsets(np.column_stack([self.x, self.y]), self.offsets)
+
+
+def read_tile_rings(folder: Path, tile: str) -> TileRings:
+    """The tile's polygons with their owner cell ids and kinds; empty if the tile has none."""
     path = Path(folder) / TILES_DIR / f"{tile}.parquet"
     if not path.exists():
         empty = np.array([], dtype=object)
-        return empty, empty, np.array([], dtype=object)
+        return TileRings(empty, empty, np.zeros(0), np.zeros(0), np.zeros(1, dtype=np.int64))
     table = pq.read_table(path)
     xs = table["x"].combine_chunks()
-    ys = table["y"].combine_chunks()
-    offsets = xs.offsets.to_numpy()
-    coords = np.column_stack([xs.values.to_numpy(), ys.values.to_numpy()]).astype(np.float64)
-    polys = polygons_from_offsets(coords, offsets)
-    return (
-        np.asarray(table["cell_id"].to_pylist(), dtype=object),
-        np.asarray(table["kind"].to_pylist(), dtype=object),
-        polys,
+    offsets = xs.offsets.to_numpy().astype(np.int64)
+    return TileRings(
+        ids=np.asarray(table["cell_id"].to_pylist(), dtype=object),
+        kinds=np.asarray(table["kind"].to_pylist(), dtype=object),
+        x=xs.flatten().to_numpy().astype(np.float64),
+        y=table["y"].combine_chunks().flatten().to_numpy().astype(np.float64),
+        offsets=offsets - offsets[0],
     )
+
+
+def read_tile_polygons(folder: Path, tile: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner cell ids, kinds, shapely polygons in target px) of one tile; empty if the tile has none."""
+    rings = read_tile_rings(folder, tile)
+    return rings.ids, rings.kinds, rings.polygons()
