@@ -181,8 +181,9 @@ def winding_counts(
     right of it, and a cumulative sum along rows turns crossings into the winding number at each pixel
     centre, exactly ``shapely.contains_xy`` for a valid polygon. Rings are drawn per window, so overlapping
     polygons add up instead of one overwriting the other. Why not rasterio: for 13-vertex cell outlines it
-    spends most of its time building GDAL geometries vertex by vertex (0.09 ms a cell, plus crops of the
-    label image); this costs about 0.03 ms a cell for its outline, its nucleus and its neighbours' nuclei.
+    spends most of its time building GDAL geometries vertex by vertex. Both masks of 6,544 cells (four 20k²
+    tiles, one process) took about 1.0 s through one rasterio label image per block, its crops and
+    comparisons, and 0.60 s this way (0.34 s in this function); a whole patch 0.19-0.23 against 0.32-0.36 ms.
     int32 because numpy's cumulative sum of int32 is 4.5x faster than of int16 or int8 (0.64 against
     2.9 ms for 128 windows of 96²).
     """

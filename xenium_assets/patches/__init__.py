@@ -2,6 +2,6 @@
 
 ``grid`` (tiles and patch geometry) -> ``dapi_store`` (the DAPI level transcoded once to a fast
 chunked store) -> ``geometry`` (polygons split by tile, streamed) -> ``extract`` (per tile: masks
-rasterised in one call per block, patches cut by vectorised indexing) -> ``shards`` (atomic tar
+scan-converted for 128 cells in one numpy call, patches cut by vectorised indexing) -> ``shards`` (atomic tar
 writing and the per-tile index).
 """

@@ -5,7 +5,7 @@ skipped, and groups them by owning tile. ``extract_tile`` (a dask task) then wor
 in equal blocks of at most BLOCK_PX² plus a half-patch halo, so memory does not grow with tile or
 slide size: per block, one DAPI read from the transcoded store; per CHUNK_CELLS cells of the block,
 vectorised crops of their windows and one scan conversion of every polygon that reaches their windows
-(``patch_masks``), written straight into the tar writer's buffer. No loop over cells touches pixels.
+(``PatchMasks``), written straight into the tar writer's buffer. No loop over cells touches pixels.
 """
 
 from __future__ import annotations
