@@ -88,7 +88,7 @@ def build_shards(bundle: Path, root: Path, sample: str, labels=None) -> Path:
     spec = PatchSpec()
     manifest = write_manifest(inspect_bundle(bundle), sample, root / "raw")
     store = transcode_dapi(manifest, root / "dapi", spec.pixel_size_um, thread_runner(2))
-    split_by_tile(manifest, store, spec, root / "geometry")
+    split_by_tile(manifest, spec, root / "geometry")
     problems = pq.read_table(manifest.cell_problems).to_pandas()
     labels = truth_labels(bundle, sample) if labels is None else labels
     tasks = tile_tasks(

@@ -28,20 +28,25 @@ def test_definitions_load():
     from xenium_assets.definitions import defs
 
     Definitions.validate_loadable(defs)
-    # The asset graph, deliberately: changing it should change this line.
+    # The asset graph, deliberately: changing it should change this line. tile_geometry needs only the bundle,
+    # so a sample's DAPI transcode and polygon split run side by side.
     graph = {
-        spec.key.to_user_string(): (spec.group_name, getattr(spec.partitions_def, "name", None))
+        spec.key.to_user_string(): (
+            spec.group_name,
+            getattr(spec.partitions_def, "name", None),
+            sorted(dep.asset_key.to_user_string() for dep in spec.deps),
+        )
         for spec in defs.resolve_all_asset_specs()
     }
     assert graph == {
-        "raw_bundle": ("bundle", SAMPLES),
-        "qc_adata": ("expression", SAMPLES),
-        "cell_labels": ("labels", None),
-        "dapi_zarr": ("patches", SAMPLES),
-        "tile_geometry": ("patches", SAMPLES),
-        "patch_shards": ("patches", None),
-        "trained_model": ("model", None),
-        "evaluation_report": ("model", None),
+        "raw_bundle": ("bundle", SAMPLES, []),
+        "qc_adata": ("expression", SAMPLES, ["raw_bundle"]),
+        "cell_labels": ("labels", None, ["qc_adata"]),
+        "dapi_zarr": ("patches", SAMPLES, ["raw_bundle"]),
+        "tile_geometry": ("patches", SAMPLES, ["raw_bundle"]),
+        "patch_shards": ("patches", None, ["cell_labels", "dapi_zarr", "tile_geometry"]),
+        "trained_model": ("model", None, ["patch_shards"]),
+        "evaluation_report": ("model", None, ["trained_model"]),
     }
     tiles = defs.resolve_assets_def("patch_shards").partitions_def
     assert [d.name for d in tiles.partitions_defs] == ["sample", "tile"]

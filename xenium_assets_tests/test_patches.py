@@ -20,10 +20,11 @@ from xenium_assets.bundle.manifest import write_manifest
 from xenium_assets.bundle.validate import inspect_bundle
 from xenium_assets.parallel import thread_runner
 from xenium_assets.patches import grid
-from xenium_assets.patches.dapi_store import transcode_dapi
+from xenium_assets.patches.dapi_store import ChunkFiles, create_store, transcode_dapi
 from xenium_assets.patches.extract import MASK_NUCLEUS, MASK_PERINUCLEAR, TileTask, extract_tile, tile_tasks
 from xenium_assets.patches.geometry import CELLS, read_tile_polygons, split_by_tile
 from xenium_assets.patches.shards import INDEX, read_index
+from xenium_assets.raster import Window, read_window, tile_windows
 from xenium_assets.synth import truth_labels
 from xenium_assets_tests.conftest import JURKAT, JURKAT_ORIGIN, JURKAT_PIXEL_SIZE, needs_shared
 
@@ -39,7 +40,7 @@ def _labels_from_truth(bundle: Path, sample: str) -> pd.DataFrame:
 def _prepare(bundle: Path, root: Path, sample: str, **inspect_kwargs):
     manifest = write_manifest(inspect_bundle(bundle, **inspect_kwargs), sample, root / "raw")
     store = transcode_dapi(manifest, root / "dapi", SPEC.pixel_size_um, thread_runner(2))
-    split_by_tile(manifest, store, SPEC, root / "geometry")
+    split_by_tile(manifest, SPEC, root / "geometry")
     return manifest, store
 
 
@@ -72,6 +73,46 @@ def test_transcoded_store_equals_the_tiff(extracted):
     with open_plane(manifest.dapi_path, manifest.dapi.ifd) as plane:
         np.testing.assert_array_equal(store.open()[:], plane[:])
     assert store.percentiles["p1"] < store.percentiles["p50"] < store.percentiles["p99"]
+
+
+def test_chunk_files_read_what_zarr_writes_and_write_what_zarr_reads(tmp_path):
+    """The store's hot paths read and write its chunk files directly; zarr must agree with them both ways."""
+    import zarr
+
+    shape = (1300, 1100)  # partial chunks at the far edges
+    image = np.random.default_rng(3).integers(0, 65535, shape, dtype=np.uint16)
+    image[:600, :600] = 0  # an empty chunk, which zarr does not write
+    by_zarr = tmp_path / "by_zarr.zarr"
+    create_store(by_zarr, shape)
+    zarr.open_array(str(by_zarr), mode="r+")[:] = image
+    assert not (by_zarr / "c" / "0" / "0").exists() and (by_zarr / "c" / "0" / "1").exists()
+    files = ChunkFiles.open(by_zarr)
+    for win in (Window(0, 0, *shape), Window(-48, -48, 600, 700), Window(1200, 1000, 200, 200), Window(2000, 0, 5, 5)):
+        np.testing.assert_array_equal(files.read(win), read_window(image, win))
+    by_files = tmp_path / "by_files.zarr"
+    create_store(by_files, shape)
+    for block in tile_windows(*shape, 1024):
+        ChunkFiles.open(by_files).write_block(block, image[block.slices])
+    np.testing.assert_array_equal(zarr.open_array(str(by_files), mode="r")[:], image)
+    with pytest.raises(ValueError, match="does not start on a 512-px chunk corner"):
+        ChunkFiles.open(by_files).write_block(Window(100, 0, 10, 10), image[:10, :10])
+    (by_files / "c" / "1" / "1").write_bytes(b"cut short")
+    with pytest.raises(ValueError, match=f"{by_files / 'c' / '1' / '1'}: not a readable chunk"):
+        ChunkFiles.open(by_files).read(Window(500, 500, 100, 100))
+    other = tmp_path / "other.zarr"
+    zarr.create_array(store=str(other), shape=shape, chunks=(256, 256), dtype="uint16")
+    with pytest.raises(ValueError, match=f"{other}: not a DAPI store as dapi_zarr writes it"):
+        ChunkFiles.open(other)
+
+
+def test_geometry_split_on_another_pixel_grid_is_refused(extracted, tmp_path):
+    """tile_geometry no longer waits for dapi_zarr, so the tile tasks check the two used the same grid."""
+    import dataclasses
+
+    _, root, manifest, store, labels, _, _ = extracted
+    other = dataclasses.replace(store, shape=(store.shape[0] // 2, store.shape[1] // 2), pixel_size_um=0.425)
+    with pytest.raises(ValueError, match="re-materialize tile_geometry and dapi_zarr with the same patch geometry"):
+        _tasks(manifest, other, root, labels, tmp_path)
 
 
 def test_shards_hold_exactly_the_eligible_cells(extracted):

@@ -2,9 +2,8 @@
 
 import time
 
-from dagster import AssetExecutionContext, AutomationCondition, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, MetadataValue, asset
 
-from xenium_assets.bundle.manifest import read_manifest
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.partitions import sample_partitions
 from xenium_assets.defs.raw_bundle import raw_bundle
@@ -27,12 +26,7 @@ def dapi_zarr(
     context: AssetExecutionContext, project: ProjectResource, dask: DaskResource, patches: PatchGeometry
 ) -> MaterializeResult:
     sample = context.partition_key
-    raw_dir = project.paths.asset_dir(sample, "raw_bundle")
-    if not (raw_dir / "manifest.json").exists():
-        raise Failure(
-            f"sample {sample!r} has no raw_bundle manifest: materialize raw_bundle first", allow_retries=False
-        )
-    manifest = read_manifest(raw_dir)
+    manifest = project.manifest(sample)
     out = project.paths.asset_dir(sample, "dapi_zarr")
     start = time.perf_counter()
     with dask.client() as client:

@@ -16,7 +16,6 @@ from dagster import (
     asset,
 )
 
-from xenium_assets.bundle.manifest import read_manifest
 from xenium_assets.defs.cell_labels import cell_labels
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
@@ -51,20 +50,23 @@ def _tasks(
     for needed, asset_name in (("dapi.json", "dapi_zarr"), (CELLS, "tile_geometry")):
         if not (paths.asset_dir(sample, asset_name) / needed).exists():
             raise Failure(f"sample {sample!r} has no {asset_name}: materialize it first", allow_retries=False)
-    manifest = read_manifest(paths.asset_dir(sample, "raw_bundle"))
+    manifest = project.manifest(sample)
     problems = pq.read_table(manifest.cell_problems, filters=[("kind", "==", "invalid")]).to_pandas()
-    return tile_tasks(
-        sample,
-        read_summary(paths.asset_dir(sample, "dapi_zarr")),
-        paths.asset_dir(sample, "tile_geometry"),
-        problems,
-        labels[labels["sample"] == sample],
-        tiles,
-        paths.asset_dir(sample, "patch_shards"),
-        patches.spec,
-        max_per_shard=config.max_samples_per_shard,
-        examples_per_class=config.examples_per_class,
-    )
+    try:
+        return tile_tasks(
+            sample,
+            read_summary(paths.asset_dir(sample, "dapi_zarr")),
+            paths.asset_dir(sample, "tile_geometry"),
+            problems,
+            labels[labels["sample"] == sample],
+            tiles,
+            paths.asset_dir(sample, "patch_shards"),
+            patches.spec,
+            max_per_shard=config.max_samples_per_shard,
+            examples_per_class=config.examples_per_class,
+        )
+    except ValueError as error:  # the polygons and the store were made on different pixel grids
+        raise Failure(str(error), allow_retries=False) from error
 
 
 @asset(

@@ -18,7 +18,6 @@ from dagster import (
 
 from xenium_assets.atomic import atomic_file, write_json
 from xenium_assets.bundle.errors import BundleError
-from xenium_assets.bundle.manifest import read_manifest
 from xenium_assets.defs.metadata import counts_table, image
 from xenium_assets.defs.partitions import sample_partitions
 from xenium_assets.defs.raw_bundle import raw_bundle
@@ -64,12 +63,7 @@ def qc_adata(context: AssetExecutionContext, config: QcConfig, project: ProjectR
     from xenium_assets.expression.qc import QcError, QcParams, qc_figure, run_qc
 
     sample = context.partition_key
-    raw_dir = project.paths.asset_dir(sample, "raw_bundle")
-    if not (raw_dir / "manifest.json").exists():
-        raise Failure(
-            f"sample {sample!r} has no raw_bundle manifest: materialize raw_bundle for it first", allow_retries=False
-        )
-    manifest = read_manifest(raw_dir)
+    manifest = project.manifest(sample)
     params = QcParams(
         min_transcripts=config.min_transcripts,
         min_genes=config.min_genes,

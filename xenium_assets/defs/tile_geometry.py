@@ -2,14 +2,12 @@
 
 import time
 
-from dagster import AssetExecutionContext, AutomationCondition, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, MetadataValue, asset
 
-from xenium_assets.bundle.manifest import read_manifest
 from xenium_assets.defs.compute import PatchGeometry
-from xenium_assets.defs.dapi_zarr import dapi_zarr
 from xenium_assets.defs.partitions import sample_partitions
+from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
-from xenium_assets.patches.dapi_store import read_summary
 from xenium_assets.patches.geometry import CELLS, split_by_tile
 from xenium_assets.progress import LogProgress
 
@@ -17,23 +15,21 @@ from xenium_assets.progress import LogProgress
 @asset(
     automation_condition=AutomationCondition.eager(),
     partitions_def=sample_partitions,
-    deps=[dapi_zarr],
+    deps=[raw_bundle],
     group_name="patches",
     kinds={"parquet"},
     description="Cell and nucleus polygons in pixel coordinates, one Parquet file per tile (each polygon in every "
-    "tile its halo-grown box touches), plus cells.parquet: owning tile, nucleus centroid, areas.",
+    "tile its halo-grown box touches), plus cells.parquet: owning tile, nucleus centroid, areas. Needs only the "
+    "bundle, so it runs beside dapi_zarr.",
 )
 def tile_geometry(
     context: AssetExecutionContext, project: ProjectResource, patches: PatchGeometry
 ) -> MaterializeResult:
     sample = context.partition_key
-    store_dir = project.paths.asset_dir(sample, "dapi_zarr")
-    if not (store_dir / "dapi.json").exists():
-        raise Failure(f"sample {sample!r} has no dapi_zarr: materialize it first", allow_retries=False)
-    manifest = read_manifest(project.paths.asset_dir(sample, "raw_bundle"))
+    manifest = project.manifest(sample)
     out = project.paths.asset_dir(sample, "tile_geometry")
     start = time.perf_counter()
-    summary = split_by_tile(manifest, read_summary(store_dir), patches.spec, out, LogProgress(context.log.info))
+    summary = split_by_tile(manifest, patches.spec, out, LogProgress(context.log.info))
     per_tile = sorted(summary.cells_per_tile.values())
     return MaterializeResult(
         metadata={

@@ -19,13 +19,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import shapely
-import zarr
 
 from xenium_assets.patches import shards
-from xenium_assets.patches.dapi_store import DapiStore
-from xenium_assets.patches.geometry import CELLS, TileRings, gather, read_tile_rings
+from xenium_assets.patches.dapi_store import ChunkFiles, DapiStore
+from xenium_assets.patches.geometry import CELLS, TileRings, gather, read_target_grid, read_tile_rings
 from xenium_assets.patches.grid import PatchSpec, tile_window
-from xenium_assets.raster import read_window, winding_counts
+from xenium_assets.raster import winding_counts
 
 BLOCK_PX = 1280
 """Largest block side. A tile of the 8 x 8 grid is 1250 px on a 10k² slide: blocks of 1250² there and on
@@ -118,6 +117,13 @@ def tile_tasks(
     ``problems``: raw_bundle's invalid cells; ``labels``: this sample's label rows; ``options``:
     TileTask fields such as max_per_shard and examples_per_class.
     """
+    split = read_target_grid(geometry_dir)
+    if split is not None and (tuple(split.shape), split.pixel_size_um) != (tuple(store.shape), store.pixel_size_um):
+        raise ValueError(
+            f"{Path(geometry_dir) / CELLS}: polygons split on a {split.shape} px grid at {split.pixel_size_um} µm/px, "
+            f"but the DAPI store is {store.shape} px at {store.pixel_size_um} µm/px; re-materialize tile_geometry "
+            "and dapi_zarr with the same patch geometry"
+        )
     cells = pq.read_table(Path(geometry_dir) / CELLS).to_pandas()
     eligible, skipped = plan_cells(cells, labels.drop(columns=["sample"], errors="ignore"), problems, store.shape)
     by_tile = dict(tuple(eligible.groupby("tile")))
@@ -243,7 +249,7 @@ def extract_tile(task: TileTask) -> dict:
     cells = task.cells
     masks = PatchMasks(read_tile_rings(Path(task.geometry_dir), task.tile), size)
     cell_ids = cells["cell_id"].to_numpy(dtype=object)
-    image = zarr.open_array(task.store, mode="r")
+    image = ChunkFiles.open(task.store)
     height, width = task.shape
     row_px, col_px = cells["row_px"].to_numpy(), cells["col_px"].to_numpy()
     top = np.floor(row_px - half + 0.5).astype(np.int64)
@@ -268,7 +274,7 @@ def extract_tile(task: TileTask) -> dict:
             if not len(pick):
                 continue
             region = block.pad(half)
-            pixels = read_window(image, region)
+            pixels = image.read(region)
             # Crops are made CHUNK_CELLS at a time: a block's worth at once would grow with cell density.
             for first in range(0, len(pick), CHUNK_CELLS):
                 chunk = pick[first : first + CHUNK_CELLS]

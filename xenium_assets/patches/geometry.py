@@ -10,10 +10,11 @@ without a nucleus are placed by their cell centroid, so they are still counted (
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,12 @@ from xenium_assets.bundle.manifest import Manifest
 from xenium_assets.bundle.tables import read_table
 from xenium_assets.formats import Col
 from xenium_assets.patches import grid
-from xenium_assets.patches.dapi_store import DapiStore
 from xenium_assets.progress import Progress, no_progress
 
 BATCH_ROWS = 1_000_000
 TILES_DIR = "tiles"
 CELLS = "cells.parquet"
+GRID_KEY = b"xenium_assets.target_grid"
 POLYGON_SCHEMA = pa.schema(
     [("cell_id", pa.string()), ("kind", pa.string()), ("x", pa.list_(pa.float32())), ("y", pa.list_(pa.float32()))]
 )
@@ -128,13 +129,27 @@ class GeometrySummary:
     cells_per_tile: dict[str, int]
 
 
+def read_target_grid(folder: Path) -> grid.TargetGrid | None:
+    """The pixel grid ``split_by_tile`` used (None for a cells.parquet written before it was recorded)."""
+    meta = pq.read_schema(Path(folder) / CELLS).metadata or {}
+    if GRID_KEY not in meta:
+        return None
+    data = json.loads(meta[GRID_KEY])
+    return grid.TargetGrid(tuple(data["shape"]), data["pixel_size_um"], data["resampled"])
+
+
 def split_by_tile(
-    manifest: Manifest, store: DapiStore, spec: grid.PatchSpec, out_dir: Path, progress: Progress = no_progress
+    manifest: Manifest, spec: grid.PatchSpec, out_dir: Path, progress: Progress = no_progress
 ) -> GeometrySummary:
-    """Write ``out_dir/tiles/<tile>.parquet`` (polygons, target px) and ``out_dir/cells.parquet``."""
-    height, width = store.shape
+    """Write ``out_dir/tiles/<tile>.parquet`` (polygons, target px) and ``out_dir/cells.parquet``.
+
+    The pixel grid comes from the manifest (``grid.target_grid``), not from the DAPI store, so this runs
+    beside the transcode; cells.parquet records it, and the tile tasks check it against the store's.
+    """
+    target = grid.target_grid(manifest, spec.pixel_size_um)
+    height, width = target.shape
     ox, oy = manifest.image_origin_um
-    ps = store.pixel_size_um
+    ps = target.pixel_size_um
     halo = spec.halo_px
     cells = read_table(manifest.path("cells"), [Col.CELL_ID, Col.X_CENTROID, Col.Y_CENTROID])
     ids = normalise_ids(cells[Col.CELL_ID])
@@ -236,8 +251,10 @@ def split_by_tile(
             "n_nuclei": n_nuclei,
         }
     )
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**table.schema.metadata, GRID_KEY: json.dumps(asdict(target)).encode()})
     with atomic_file(out_dir / CELLS) as tmp_cells:
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_cells)
+        pq.write_table(table, tmp_cells)
     return GeometrySummary(
         n_cells=n,
         n_polygons=counts,

@@ -4,7 +4,8 @@ Every sample is cut into the same 8 x 8 grid of tiles, named r<row>c<col>, with 
 multiples of 256 px so tiles line up with the DAPI store's chunks; small images leave some tiles
 empty. A tile owns the cells whose nucleus centroid falls in it. Patch sizes are set in µm and
 converted at a common target pixel size, so patches from instruments with other pixel sizes are
-comparable (their images are resampled to it).
+comparable (their images are resampled to it): ``target_grid`` is that pixel grid, known from the
+manifest alone, so the DAPI transcode and the polygon split need not wait for each other.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xenium_assets.bundle.manifest import Manifest
 from xenium_assets.formats import XENIUM_PIXEL_SIZE_UM
 from xenium_assets.raster import Window
 
 GRID = 8
 ALIGN_PX = 256
 TILE_KEYS = tuple(f"r{r}c{c}" for r in range(GRID) for c in range(GRID))
+RESAMPLE_TOLERANCE = 0.005
+"""Pixel sizes within 0.5 % of the target are taken as they are (no resampling)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,24 @@ class PatchSpec:
     def halo_px(self) -> int:
         """Half a patch: a tile read with this margin holds every patch of the cells it owns."""
         return self.size_px // 2
+
+
+@dataclass(frozen=True)
+class TargetGrid:
+    """The pixel grid patches are cut on: the DAPI level 0 at the target pixel size."""
+
+    shape: tuple[int, int]
+    pixel_size_um: float
+    resampled: bool
+
+
+def target_grid(manifest: Manifest, pixel_size_um: float) -> TargetGrid:
+    """The sample's grid at ``pixel_size_um``; the source's own grid if its pixel size is within tolerance."""
+    height, width = manifest.dapi.levels[0]
+    scale = manifest.pixel_size_um / pixel_size_um
+    if abs(scale - 1) <= RESAMPLE_TOLERANCE:
+        return TargetGrid((height, width), manifest.pixel_size_um, False)
+    return TargetGrid((int(round(height * scale)), int(round(width * scale))), pixel_size_um, True)
 
 
 def edges(length: int, grid: int = GRID, align: int = ALIGN_PX) -> np.ndarray:
