@@ -115,6 +115,29 @@ def test_geometry_split_on_another_pixel_grid_is_refused(extracted, tmp_path):
         _tasks(manifest, other, root, labels, tmp_path)
 
 
+def test_csv_only_bundle_gives_the_same_samples(bundles, bundle_copy, tmp_path):
+    """A bundle with only .csv.gz tables (older instrument software) gives the samples its Parquet twin gives."""
+    source = bundles("2", csv=True)
+    csv_only = bundle_copy("2", csv=True)
+    for name in ("cells", "cell_boundaries", "nucleus_boundaries", "transcripts"):
+        (csv_only / f"{name}.parquet").unlink(missing_ok=True)
+    labels = _labels_from_truth(source, "s")
+    made = {}
+    for name, bundle in (("parquet", source), ("csv", csv_only)):
+        manifest, store = _prepare(bundle, tmp_path / name, "s")
+        assert str(manifest.path("cell_boundaries")).endswith(".csv.gz") == (name == "csv")
+        for task in _tasks(manifest, store, tmp_path / name, labels, tmp_path / name / "shards"):
+            extract_tile(task)
+        made[name] = _samples(tmp_path / name / "shards")
+    parquet, csv = made["parquet"], made["csv"]
+    assert len(parquet) > 500 and [s["__key__"] for s in csv] == [s["__key__"] for s in parquet]
+    for a, b in zip(parquet, csv, strict=True):
+        np.testing.assert_array_equal(a["dapi.npy"], b["dapi.npy"])
+        np.testing.assert_array_equal(a["mask.npy"], b["mask.npy"])
+        assert a["json"]["label"] == b["json"]["label"] and a["json"]["origin_px"] == b["json"]["origin_px"]
+        np.testing.assert_allclose(a["json"]["centroid_um"], b["json"]["centroid_um"], rtol=1e-6)
+
+
 def test_shards_hold_exactly_the_eligible_cells(extracted):
     _, root, _, _, labels, tasks, results = extracted
     samples = _samples(root / "shards")
@@ -392,10 +415,16 @@ def test_tar_headers_equal_the_scalar_ones_and_tarfile_reads_them():
         assert t.getnames() == long and t.extractfile(long[0]).read() == b"abc"
 
 
-def test_shards_are_cut_by_count_and_by_bytes(tmp_path):
-    """Chunks that straddle a shard's limits are split there; samples keep their order across shards."""
+@pytest.mark.parametrize("writev", [True, False], ids=["writev", "no_writev"])
+def test_shards_are_cut_by_count_and_by_bytes(tmp_path, monkeypatch, writev):
+    """Chunks that straddle a shard's limits are split there; samples keep their order across shards. Also where
+    the OS has no ``writev`` (Windows)."""
+    import os
+
     from xenium_assets.patches.shards import TileShardWriter
 
+    if not writev:
+        monkeypatch.delattr(os, "writev")
     rng = np.random.default_rng(0)
     keys = [f"s/c{i:03d}" for i in range(50)]
     dapi = rng.integers(0, 65535, (50, 8, 8), dtype=np.uint16)

@@ -149,6 +149,9 @@ class TileShardWriter:
 
 def _write_all(file, pieces: list) -> None:
     """Write buffers with as few system calls as the OS allows, without joining (copying) them first."""
+    if not hasattr(os, "writev"):  # Windows: one joined write
+        file.write(b"".join(memoryview(p).cast("B") for p in pieces))
+        return
     file.flush()
     fd = file.fileno()
     for first in range(0, len(pieces), 1024):  # IOV_MAX
