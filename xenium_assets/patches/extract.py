@@ -168,9 +168,14 @@ class PatchMasks:
             self.tree = shapely.STRtree(shapely.box(*bounds))
         else:
             self.tree = shapely.STRtree([])
+        # Counts and flags, reused from chunk to chunk (fresh arrays page-fault: see winding_counts).
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
-    def __call__(self, cell_ids: np.ndarray, top: np.ndarray, left: np.ndarray) -> np.ndarray:
-        """(n, size, size) uint8 masks of the windows at ``top``, ``left`` of the cells ``cell_ids``.
+    def __call__(
+        self, cell_ids: np.ndarray, top: np.ndarray, left: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n, size, size) uint8 masks (into ``out`` if given) of the windows at ``top``, ``left`` of the cells
+        ``cell_ids``.
 
         Nucleus: in the cell's nuclei and in no other cell's. Perinuclear: inside the cell's outline and in no
         nucleus at all, so a neighbour's nucleus never enters the masks. Where two outlines overlap outside
@@ -185,11 +190,21 @@ class PatchMasks:
         weight = np.where(own, np.where(self.is_nucleus[ring], _OWN_NUCLEUS, _OWN_CELL), _OTHER_NUCLEUS)
         vertex, offsets = gather(self.starts, self.lengths, ring)
         x, y = self.rings.x[vertex], self.rings.y[vertex]
-        counts = winding_counts(x, y, offsets, patch, top, left, weight, size).view(np.uint32)
-        alone = counts < _OTHER_NUCLEUS  # negative counts (invalid outlines) read as large: no mask
-        inside = ((counts > 0) & alone).view(np.uint8)
-        nucleus = ((counts >= _OWN_NUCLEUS) & alone).view(np.uint8)
-        return inside * np.uint8(MASK_PERINUCLEAR) - nucleus * np.uint8(MASK_PERINUCLEAR - MASK_NUCLEUS)
+        n = len(top)
+        if self._scratch is None or len(self._scratch) < n:
+            self._scratch = np.empty((n, size, size + 1), dtype=np.int32), np.empty((n, size, size), dtype=bool)
+        counts, flags = self._scratch[0], self._scratch[1][:n]
+        counts = winding_counts(x, y, offsets, patch, top, left, weight, size, out=counts).view(np.uint32)
+        out = np.empty((n, size, size), dtype=np.uint8) if out is None else out
+        # In place, as unsigned (negative counts, from invalid outlines, wrap to large: no mask):
+        # inside and alone = 1 <= count < 256, a nucleus of its own too = 16 <= count < 256.
+        np.subtract(counts, np.uint32(1), out=counts)
+        np.less(counts, np.uint32(_OTHER_NUCLEUS - 1), out=flags)
+        np.multiply(flags.view(np.uint8), np.uint8(MASK_PERINUCLEAR), out=out)
+        np.subtract(counts, np.uint32(_OWN_NUCLEUS - 1), out=counts)
+        np.less(counts, np.uint32(_OTHER_NUCLEUS - _OWN_NUCLEUS), out=flags)
+        np.subtract(out, flags.view(np.uint8) * np.uint8(MASK_PERINUCLEAR - MASK_NUCLEUS), out=out)
+        return out
 
 
 def _metadata(task: TileTask, top: np.ndarray, left: np.ndarray, edge: np.ndarray) -> list[bytes]:
@@ -280,7 +295,7 @@ def extract_tile(task: TileTask) -> dict:
                 chunk = pick[first : first + CHUNK_CELLS]
                 samples = writer.chunk([keys[i] for i in chunk], (size, size))
                 samples.dapi[...] = crop(pixels, top[chunk] - region.y0, left[chunk] - region.x0, size)
-                samples.mask[...] = masks(cell_ids[chunk], top[chunk], left[chunk])
+                masks(cell_ids[chunk], top[chunk], left[chunk], out=samples.mask)
                 shard_of[chunk] = writer.write(samples, [metas[i] for i in chunk])
                 for j, i in enumerate(chunk if wanted else ()):  # until every class has its examples
                     if wanted.get(cell_labels[i], 0) > 0:

