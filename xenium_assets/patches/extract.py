@@ -191,7 +191,7 @@ class PatchMasks:
         vertex, offsets = gather(self.starts, self.lengths, ring)
         x, y = self.rings.x[vertex], self.rings.y[vertex]
         n = len(top)
-        if self._scratch is None or len(self._scratch) < n:
+        if self._scratch is None or len(self._scratch[0]) < n:
             self._scratch = np.empty((n, size, size + 1), dtype=np.int32), np.empty((n, size, size), dtype=bool)
         counts, flags = self._scratch[0], self._scratch[1][:n]
         counts = winding_counts(x, y, offsets, patch, top, left, weight, size, out=counts).view(np.uint32)
