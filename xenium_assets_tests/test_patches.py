@@ -22,7 +22,7 @@ from xenium_assets.parallel import thread_runner
 from xenium_assets.patches import grid
 from xenium_assets.patches.dapi_store import ChunkFiles, create_store, transcode_dapi
 from xenium_assets.patches.extract import MASK_NUCLEUS, MASK_PERINUCLEAR, TileTask, extract_tile, tile_tasks
-from xenium_assets.patches.geometry import CELLS, read_tile_polygons, split_by_tile
+from xenium_assets.patches.geometry import CELLS, read_tile_polygons, ring_moments, split_by_tile
 from xenium_assets.patches.shards import INDEX, read_index
 from xenium_assets.raster import Window, read_window, tile_windows
 from xenium_assets.synth import truth_labels
@@ -86,9 +86,15 @@ def test_chunk_files_read_what_zarr_writes_and_write_what_zarr_reads(tmp_path):
     create_store(by_zarr, shape)
     zarr.open_array(str(by_zarr), mode="r+")[:] = image
     assert not (by_zarr / "c" / "0" / "0").exists() and (by_zarr / "c" / "0" / "1").exists()
-    files = ChunkFiles.open(by_zarr)
-    for win in (Window(0, 0, *shape), Window(-48, -48, 600, 700), Window(1200, 1000, 200, 200), Window(2000, 0, 5, 5)):
-        np.testing.assert_array_equal(files.read(win), read_window(image, win))
+    # A store written with zstd, as dapi_zarr did before blosc, still reads.
+    by_zstd = tmp_path / "by_zstd.zarr"
+    zarr.create_array(
+        store=str(by_zstd), shape=shape, chunks=(512, 512), dtype="uint16", compressors=zarr.codecs.ZstdCodec(level=1)
+    )[:] = image
+    windows = (Window(0, 0, *shape), Window(-48, -48, 600, 700), Window(1200, 1000, 200, 200), Window(2000, 0, 5, 5))
+    for files in (ChunkFiles.open(by_zarr), ChunkFiles.open(by_zstd)):
+        for win in windows:
+            np.testing.assert_array_equal(files.read(win), read_window(image, win))
     by_files = tmp_path / "by_files.zarr"
     create_store(by_files, shape)
     for block in tile_windows(*shape, 1024):
@@ -101,8 +107,13 @@ def test_chunk_files_read_what_zarr_writes_and_write_what_zarr_reads(tmp_path):
         ChunkFiles.open(by_files).read(Window(500, 500, 100, 100))
     other = tmp_path / "other.zarr"
     zarr.create_array(store=str(other), shape=shape, chunks=(256, 256), dtype="uint16")
-    with pytest.raises(ValueError, match=f"{other}: not a DAPI store as dapi_zarr writes it"):
-        ChunkFiles.open(other)
+    gzip = tmp_path / "gzip.zarr"
+    zarr.create_array(
+        store=str(gzip), shape=shape, chunks=(512, 512), dtype="uint16", compressors=zarr.codecs.GzipCodec()
+    )
+    for path in (other, gzip):
+        with pytest.raises(ValueError, match=f"{path}: not a DAPI store as dapi_zarr writes it"):
+            ChunkFiles.open(path)
 
 
 def test_geometry_split_on_another_pixel_grid_is_refused(extracted, tmp_path):
@@ -319,6 +330,29 @@ def test_overlaps_are_drawn_by_layer_and_place_never_by_table_order():
         np.testing.assert_array_equal(PolygonRaster(polys[order], labels[order], layers[order]).window(win), drawn)
     assert (drawn[2:8, 6:9] == 3).all()  # the upper layer (a nucleus) wins wherever it is in the table
     assert set(np.unique(drawn[:, 5:10])) == {2, 3}  # the overlap of the two cells went to one, whatever the order
+
+
+def test_ring_moments_are_shapely_area_and_centroid():
+    """The nucleus centres and areas come from shoelace sums, not shapely polygons: they must agree with shapely
+    for rings in either orientation, closed or open, far from the origin, and give zero moments (not NaN) for
+    a ring of no area."""
+    rng = np.random.default_rng(5)
+    rings = []
+    for k in range(40):
+        n = int(rng.integers(4, 14))
+        angle = np.sort(rng.uniform(0, 2 * np.pi, n))
+        xy = rng.uniform(1000, 4000, 2) + rng.uniform(2, 8, (n, 1)) * np.column_stack([np.cos(angle), np.sin(angle)])
+        rings.append(xy[::-1] if k % 2 else np.vstack([xy, xy[:1]]))
+    rings.append(np.array([[5.0, 5.0], [6.0, 6.0], [7.0, 7.0], [5.0, 5.0]]))  # no area
+    offsets = np.cumsum([0] + [len(r) for r in rings])
+    xy = np.vstack(rings)
+    area, moment_x, moment_y = ring_moments(xy[:, 0], xy[:, 1], offsets)
+    polygons = shapely.polygons([shapely.linearrings(r) for r in rings])
+    np.testing.assert_allclose(area, shapely.area(polygons), rtol=1e-12)
+    centre = shapely.get_coordinates(shapely.centroid(polygons[:-1]))
+    np.testing.assert_allclose(moment_x[:-1] / area[:-1], centre[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(moment_y[:-1] / area[:-1], centre[:, 1], rtol=1e-12)
+    assert area[-1] == moment_x[-1] == moment_y[-1] == 0
 
 
 def test_winding_counts_are_shapely_containment_at_pixel_centres():

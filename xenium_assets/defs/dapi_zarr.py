@@ -1,4 +1,4 @@
-"""``dapi_zarr``: a sample's DAPI level 0 decoded once into a chunked zstd Zarr store at the target pixel size."""
+"""``dapi_zarr``: a sample's DAPI level 0 decoded once into a chunked blosc-lz4 Zarr store at the target pixel size."""
 
 import time
 
@@ -20,7 +20,7 @@ from xenium_assets.progress import LogProgress
     group_name="patches",
     kinds={"zarr"},
     description="The DAPI plane decoded once (JPEG-2000 tiles are slow to decode and halos would decode them "
-    "repeatedly) into 512² zstd chunks, resampled to the target pixel size if needed, with intensity percentiles.",
+    "repeatedly) into 512² blosc-lz4 chunks, resampled to the target pixel size if needed, with intensity percentiles.",
 )
 def dapi_zarr(
     context: AssetExecutionContext, project: ProjectResource, dask: DaskResource, patches: PatchGeometry
@@ -40,7 +40,7 @@ def dapi_zarr(
             "pixel_size_um": store.pixel_size_um,
             "source_pixel_size_um": store.source_pixel_size_um,
             "resampled": store.resampled,
-            "chunks": f"{CHUNK} x {CHUNK}, zstd",
+            "chunks": f"{CHUNK} x {CHUNK}, blosc lz4 bit-shuffled",
             "dapi_p1": store.percentiles["p1"],
             "dapi_p99": store.percentiles["p99"],
             "dapi_p99_9": store.percentiles["p99.9"],

@@ -113,6 +113,29 @@ def usable_polygons(batch: Polygons, owner: np.ndarray) -> np.ndarray:
     return np.flatnonzero(ok)
 
 
+def ring_moments(x: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per ring (vertices ``offsets[k]:offsets[k + 1]``, closed or not): its area and its area times its centroid's
+    x and y, what ``shapely.area`` and ``shapely.centroid`` give for the ring's polygon (the shoelace formula, from
+    the ring's first vertex for precision, as GEOS does). A zero-area ring has zero moments, not a NaN centroid.
+
+    Building shapely polygons only to measure them took 0.85 of the 3 CPU-s that splitting a 100,000-cell
+    sample's polygons by tile cost (the split now takes 1.8); these sums take 0.17 s.
+    """
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    following = np.arange(1, len(x) + 1)
+    following[offsets[1:] - 1] = starts  # each ring's last vertex joins its first
+    base_x, base_y = x[starts], y[starts]
+    dx, dy = x - np.repeat(base_x, lengths), y - np.repeat(base_y, lengths)
+    nx, ny = dx[following], dy[following]
+    cross = dx * ny - nx * dy
+    signed = np.add.reduceat(cross, starts) / 2
+    area, sign = np.abs(signed), np.sign(signed)
+    mx = np.add.reduceat((dx + nx) * cross, starts) / 6
+    my = np.add.reduceat((dy + ny) * cross, starts) / 6
+    return area, area * base_x + sign * mx, area * base_y + sign * my
+
+
 def polygons_from_offsets(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """shapely Polygons from ragged vertices in one call; open rings are closed (linearrings does it)."""
     if len(offsets) < 2:
@@ -178,13 +201,11 @@ def split_by_tile(
                 pick = usable_polygons(batch, owner)
                 counts[kind] += len(pick)
                 vidx, offsets = gather(batch.starts, batch.rows, pick)
-                polys = polygons_from_offsets(np.column_stack([batch.x[vidx], batch.y[vidx]]), offsets)
-                area = shapely.area(polys)
+                area, moment_x, moment_y = ring_moments(batch.x[vidx], batch.y[vidx], offsets)
                 if kind == "nucleus":
-                    centre = shapely.get_coordinates(shapely.centroid(polys))
                     np.add.at(nuc_area, owner[pick], area)
-                    np.add.at(nuc_sx, owner[pick], area * centre[:, 0])
-                    np.add.at(nuc_sy, owner[pick], area * centre[:, 1])
+                    np.add.at(nuc_sx, owner[pick], moment_x)
+                    np.add.at(nuc_sy, owner[pick], moment_y)
                     np.add.at(n_nuclei, owner[pick], 1)
                 else:
                     np.add.at(cell_area, owner[pick], area)
@@ -200,8 +221,10 @@ def split_by_tile(
                 k = np.arange(len(pair_poly)) - np.repeat(np.cumsum(nr * nc) - nr * nc, nr * nc)
                 pair_tile = (r0[pair_poly] + k // nc[pair_poly]) * grid.GRID + c0[pair_poly] + k % nc[pair_poly]
                 vx, vy = cols_px[vidx].astype(np.float32), rows_px[vidx].astype(np.float32)
-                for tile in np.unique(pair_tile):
-                    sel = pair_poly[pair_tile == tile]
+                # One sort, then each tile's pairs in polygon order (a comparison per tile cost 64 passes).
+                by_tile = np.argsort(pair_tile, kind="stable")
+                for group in np.split(by_tile, np.flatnonzero(np.diff(pair_tile[by_tile])) + 1) if len(by_tile) else ():
+                    tile, sel = pair_tile[group[0]], pair_poly[group]
                     sub_idx, sub_off = gather(offsets[:-1], np.diff(offsets), sel)
                     table = pa.table(
                         [
