@@ -96,6 +96,7 @@ class ChunkFiles:
         """The store at ``path``, after checking it has the layout this class reads and writes."""
         meta = zarr.open_array(str(path), mode="r").metadata.to_dict()
         codecs = meta["codecs"]
+        codec = codecs[-1]["name"]  # the compressor, after the bytes codec
         layout = {
             "format": meta["zarr_format"],
             "dtype": str(meta["data_type"]),
@@ -109,12 +110,12 @@ class ChunkFiles:
             "dtype": "uint16",
             "chunks": (CHUNK, CHUNK),
             "keys": ("default", "/"),
-            "codecs": [("bytes", "little"), (codecs[-1]["name"], None)],
+            "codecs": [("bytes", "little"), (codec, None)],
             "fill": 0,
         }
-        if layout != expected or codecs[-1]["name"] not in _CODECS:
+        if layout != expected or codec not in _CODECS:
             raise ValueError(f"{path}: not a DAPI store as dapi_zarr writes it ({layout}); re-materialize dapi_zarr")
-        return cls(path, tuple(meta["shape"]), _CODECS[codecs[-1]["name"]](codecs[-1]["configuration"]))
+        return cls(path, tuple(meta["shape"]), _CODECS[codec](codecs[-1]["configuration"]))
 
     def _file(self, row: int, col: int) -> Path:
         return self.root / "c" / str(row) / str(col)

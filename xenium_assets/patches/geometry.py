@@ -221,10 +221,11 @@ def split_by_tile(
                 k = np.arange(len(pair_poly)) - np.repeat(np.cumsum(nr * nc) - nr * nc, nr * nc)
                 pair_tile = (r0[pair_poly] + k // nc[pair_poly]) * grid.GRID + c0[pair_poly] + k % nc[pair_poly]
                 vx, vy = cols_px[vidx].astype(np.float32), rows_px[vidx].astype(np.float32)
-                # One sort, then each tile's pairs in polygon order (a comparison per tile cost 64 passes).
+                # One sort, then each tile's pairs in polygon order (a comparison per tile cost 64 passes); with no
+                # pairs there are no tiles and one empty piece, hence strict=False.
                 by_tile = np.argsort(pair_tile, kind="stable")
-                for group in np.split(by_tile, np.flatnonzero(np.diff(pair_tile[by_tile])) + 1) if len(by_tile) else ():
-                    tile, sel = pair_tile[group[0]], pair_poly[group]
+                tiles, firsts = np.unique(pair_tile[by_tile], return_index=True)
+                for tile, sel in zip(tiles, np.split(pair_poly[by_tile], firsts[1:]), strict=False):
                     sub_idx, sub_off = gather(offsets[:-1], np.diff(offsets), sel)
                     table = pa.table(
                         [
