@@ -168,8 +168,8 @@ class PatchMasks:
             self.tree = shapely.STRtree(shapely.box(*bounds))
         else:
             self.tree = shapely.STRtree([])
-        # Counts and flags, reused from chunk to chunk (fresh arrays page-fault: see winding_counts).
-        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
+        # Counts, labels and flags, reused from chunk to chunk (fresh arrays page-fault: see winding_counts).
+        self._scratch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __call__(
         self, cell_ids: np.ndarray, top: np.ndarray, left: np.ndarray, out: np.ndarray | None = None
@@ -191,19 +191,24 @@ class PatchMasks:
         vertex, offsets = gather(self.starts, self.lengths, ring)
         x, y = self.rings.x[vertex], self.rings.y[vertex]
         n = len(top)
-        if self._scratch is None or len(self._scratch[0]) < n:
-            self._scratch = np.empty((n, size, size + 1), dtype=np.int32), np.empty((n, size, size), dtype=bool)
-        counts, flags = self._scratch[0], self._scratch[1][:n]
-        counts = winding_counts(x, y, offsets, patch, top, left, weight, size, out=counts).view(np.uint32)
-        out = np.empty((n, size, size), dtype=np.uint8) if out is None else out
-        # In place, as unsigned (negative counts, from invalid outlines, wrap to large: no mask):
-        # inside and alone = 1 <= count < 256, a nucleus of its own too = 16 <= count < 256.
+        cells = n * size * (size + 1)
+        if self._scratch is None or len(self._scratch[0]) < cells:
+            self._scratch = np.empty(cells, np.int32), np.empty(cells, np.uint8), np.empty(cells, bool)
+        counts, labels, flags = (a[:cells] for a in self._scratch)
+        winding_counts(x, y, offsets, patch, top, left, weight, size, out=counts)
+        # Thresholds on the whole contiguous count buffer (with the column past each row), then one strided
+        # copy: on the (n, size, size) view the same ufuncs ran at half the speed (3.0-3.9 against 1.6 ms
+        # for 128 windows). In place, as unsigned (negative counts, from invalid outlines, wrap to large: no
+        # mask): inside and alone = 1 <= count < 256, a nucleus of its own too = 16 <= count < 256.
+        counts = counts.view(np.uint32)
         np.subtract(counts, np.uint32(1), out=counts)
         np.less(counts, np.uint32(_OTHER_NUCLEUS - 1), out=flags)
-        np.multiply(flags.view(np.uint8), np.uint8(MASK_PERINUCLEAR), out=out)
+        np.multiply(flags.view(np.uint8), np.uint8(MASK_PERINUCLEAR), out=labels)
         np.subtract(counts, np.uint32(_OWN_NUCLEUS - 1), out=counts)
         np.less(counts, np.uint32(_OTHER_NUCLEUS - _OWN_NUCLEUS), out=flags)
-        np.subtract(out, flags.view(np.uint8) * np.uint8(MASK_PERINUCLEAR - MASK_NUCLEUS), out=out)
+        np.subtract(labels, flags.view(np.uint8), out=labels)  # MASK_PERINUCLEAR - 1 = MASK_NUCLEUS: its own nucleus
+        out = np.empty((n, size, size), dtype=np.uint8) if out is None else out
+        out[...] = labels.reshape(n, size, size + 1)[:, :, :size]
         return out
 
 
