@@ -195,3 +195,38 @@ def test_an_input_updated_while_its_asset_runs_is_followed_afterwards(tmp_path):
         assert result.get_num_requested(labels) == 1  # so b is labelled by another run
         instance.report_runless_asset_event(AssetMaterialization(labels))
         assert tick(result.cursor).get_num_requested(labels) == 0  # and then all is settled
+
+
+def test_a_partition_is_requested_as_missing_only_once_it_stays_missing(tmp_path):
+    """settled_eager: a sample partition that reads missing and idle for the first time is not requested on that
+    tick, the state Dagster's status cache can show for one tick right after a run made the partition. If a run
+    made it meanwhile, nothing is requested; if it is still missing on the next tick, it is."""
+    from dagster import (
+        AssetKey,
+        AssetMaterialization,
+        AssetSelection,
+        evaluate_automation_conditions,
+        instance_for_test,
+    )
+
+    from xenium_assets.definitions import build_definitions
+
+    defs = build_definitions(tmp_path)
+    qc = AssetKey("qc_adata")
+    with instance_for_test() as instance:
+
+        def tick(cursor):
+            return evaluate_automation_conditions(
+                defs, instance, asset_selection=AssetSelection.assets(qc), cursor=cursor
+            )
+
+        result = tick(None)
+        instance.add_dynamic_partitions(SAMPLES, ["made", "left"])
+        for sample in ("made", "left"):
+            instance.report_runless_asset_event(AssetMaterialization("raw_bundle", partition=sample))
+        result = tick(result.cursor)
+        assert result.get_num_requested(qc) == 0  # both read missing and idle for the first time
+        instance.report_runless_asset_event(AssetMaterialization(qc, partition="made"))  # a run made this one
+        result = tick(result.cursor)
+        assert result.get_requested_partitions(qc) == {"left"}
+        assert tick(result.cursor).get_num_requested(qc) == 0

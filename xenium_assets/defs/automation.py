@@ -1,4 +1,5 @@
-"""The automation condition of cell_labels, the asset that gathers every sample."""
+"""Automation conditions: the per-sample and per-tile assets' ``settled_eager``, and ``follows_inputs`` of
+cell_labels, the asset that gathers every sample."""
 
 from dagster import AutomationCondition
 
@@ -29,3 +30,17 @@ def follows_inputs() -> AutomationCondition:
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
     ).with_label("follows_inputs")
+
+
+def settled_eager() -> AutomationCondition:
+    """Dagster's ``eager()``, except that a partition that turns missing and idle waits one tick before it is
+    requested.
+
+    Dagster's status cache reads a partition's materializations and its runs in progress in two queries. A run
+    that materializes the partition between them makes it read as missing and not in progress for one tick,
+    and ``eager()`` then requests it again. This was seen in the test suite on a loaded machine: the landing run
+    had just made qc_adata of a new sample, and was still running its other steps. Each such duplicate brings
+    another cell_labels run, and with it every sample's shards. The next tick reads the materialization.
+    """
+    missing_and_idle = AutomationCondition.missing() & ~AutomationCondition.in_progress()
+    return (AutomationCondition.eager() & ~missing_and_idle.newly_true()).with_label("settled_eager")

@@ -2,8 +2,9 @@
 
 import time
 
-from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from xenium_assets.defs.automation import settled_eager
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.partitions import sample_partitions
 from xenium_assets.defs.raw_bundle import raw_bundle
@@ -14,7 +15,7 @@ from xenium_assets.progress import LogProgress
 
 
 @asset(
-    automation_condition=AutomationCondition.eager(),
+    automation_condition=settled_eager(),
     partitions_def=sample_partitions,
     deps=[raw_bundle],
     group_name="patches",

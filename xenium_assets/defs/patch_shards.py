@@ -7,7 +7,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
-    AutomationCondition,
     BackfillPolicy,
     Config,
     Failure,
@@ -16,6 +15,7 @@ from dagster import (
     asset,
 )
 
+from xenium_assets.defs.automation import settled_eager
 from xenium_assets.defs.cell_labels import cell_labels
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
@@ -70,7 +70,7 @@ def _tasks(
 
 
 @asset(
-    automation_condition=AutomationCondition.eager(),
+    automation_condition=settled_eager(),
     partitions_def=sample_tile_partitions,
     deps=[dapi_zarr, tile_geometry, cell_labels],
     backfill_policy=BackfillPolicy.single_run(),

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from dagster import (
     AssetExecutionContext,
-    AutomationCondition,
     Config,
     DataVersion,
     Failure,
@@ -18,6 +17,7 @@ from dagster import (
 
 from xenium_assets.atomic import atomic_file, write_json
 from xenium_assets.bundle.errors import BundleError
+from xenium_assets.defs.automation import settled_eager
 from xenium_assets.defs.metadata import counts_table, image
 from xenium_assets.defs.partitions import sample_partitions
 from xenium_assets.defs.raw_bundle import raw_bundle
@@ -48,7 +48,7 @@ def read_qc_summary(folder) -> dict:
 
 
 @asset(
-    automation_condition=AutomationCondition.eager(),
+    automation_condition=settled_eager(),
     partitions_def=sample_partitions,
     deps=[raw_bundle],
     group_name="expression",
