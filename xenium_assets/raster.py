@@ -161,6 +161,14 @@ class PolygonRaster:
         return out
 
 
+def next_vertex(offsets: np.ndarray) -> np.ndarray:
+    """Each vertex's successor along its ring (ring k's vertices are ``offsets[k]:offsets[k + 1]``, closed or
+    not): the next vertex, and for a ring's last vertex its first."""
+    following = np.arange(1, offsets[-1] + 1)
+    following[offsets[1:] - 1] = offsets[:-1]
+    return following
+
+
 def winding_counts(
     x: np.ndarray,
     y: np.ndarray,
@@ -204,8 +212,7 @@ def winding_counts(
         return acc[:, :, :size]
     lengths = np.diff(offsets)
     ring = np.repeat(np.arange(len(lengths)), lengths)
-    following = np.arange(1, len(x) + 1)
-    following[offsets[1:] - 1] = offsets[:-1]  # each ring's last vertex joins its first
+    following = next_vertex(offsets)
     x0 = x - np.repeat(left[item], lengths)
     y0 = y - np.repeat(top[item], lengths)
     x1, y1 = x0[following], y0[following]

@@ -158,13 +158,21 @@ def test_sensors_run_by_default(name):
     assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
 
 
+def _ticks(defs, instance, key):
+    """A function that evaluates ``key``'s automation condition from a cursor, as one automation-sensor tick."""
+    from dagster import AssetSelection, evaluate_automation_conditions
+
+    def tick(cursor):
+        return evaluate_automation_conditions(defs, instance, asset_selection=AssetSelection.assets(key), cursor=cursor)
+
+    return tick
+
+
 def test_an_input_updated_while_its_asset_runs_is_followed_afterwards(tmp_path):
     """A sample whose qc_adata lands while cell_labels runs for the others gets labelled by the next run."""
     from dagster import (
         AssetKey,
         AssetMaterialization,
-        AssetSelection,
-        evaluate_automation_conditions,
         instance_for_test,
     )
 
@@ -173,11 +181,7 @@ def test_an_input_updated_while_its_asset_runs_is_followed_afterwards(tmp_path):
     defs = build_definitions(tmp_path)
     labels = AssetKey("cell_labels")
     with instance_for_test() as instance:
-
-        def tick(cursor):
-            return evaluate_automation_conditions(
-                defs, instance, asset_selection=AssetSelection.assets(labels), cursor=cursor
-            )
+        tick = _ticks(defs, instance, labels)
 
         def landed(sample: str) -> None:
             instance.add_dynamic_partitions(SAMPLES, [sample])
@@ -204,8 +208,6 @@ def test_a_partition_is_requested_as_missing_only_once_it_stays_missing(tmp_path
     from dagster import (
         AssetKey,
         AssetMaterialization,
-        AssetSelection,
-        evaluate_automation_conditions,
         instance_for_test,
     )
 
@@ -214,11 +216,7 @@ def test_a_partition_is_requested_as_missing_only_once_it_stays_missing(tmp_path
     defs = build_definitions(tmp_path)
     qc = AssetKey("qc_adata")
     with instance_for_test() as instance:
-
-        def tick(cursor):
-            return evaluate_automation_conditions(
-                defs, instance, asset_selection=AssetSelection.assets(qc), cursor=cursor
-            )
+        tick = _ticks(defs, instance, qc)
 
         result = tick(None)
         instance.add_dynamic_partitions(SAMPLES, ["made", "left"])

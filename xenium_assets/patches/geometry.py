@@ -32,6 +32,7 @@ from xenium_assets.bundle.tables import read_table
 from xenium_assets.formats import Col
 from xenium_assets.patches import grid
 from xenium_assets.progress import Progress, no_progress
+from xenium_assets.raster import next_vertex
 
 BATCH_ROWS = 1_000_000
 TILES_DIR = "tiles"
@@ -123,8 +124,7 @@ def ring_moments(x: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> tuple[np.
     """
     starts = offsets[:-1]
     lengths = np.diff(offsets)
-    following = np.arange(1, len(x) + 1)
-    following[offsets[1:] - 1] = starts  # each ring's last vertex joins its first
+    following = next_vertex(offsets)
     base_x, base_y = x[starts], y[starts]
     dx, dy = x - np.repeat(base_x, lengths), y - np.repeat(base_y, lengths)
     nx, ny = dx[following], dy[following]
