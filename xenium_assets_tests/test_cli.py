@@ -146,6 +146,7 @@ def _check_model_and_report(instance: DagsterInstance, project: Path, stdout: st
     client = MlflowClient(uri)
     run = client.get_run(model["mlflow_run_id"].value)
     assert model["mlflow_run"].value.endswith(run.info.run_id)
+    assert run.info.status == "FINISHED"  # ended by dagster-mlflow's hook with the Dagster run
     assert run.data.params["backbone"] == "resnet10t" and "label_version" in run.data.tags
     assert len(client.get_metric_history(run.info.run_id, "val_macro_f1")) == model["epochs"].value  # curves
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}

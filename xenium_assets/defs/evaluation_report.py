@@ -14,10 +14,10 @@ from dagster import (
     asset,
     asset_check,
 )
-from dagster_mlflow import end_mlflow_on_run_finished
 
 from xenium_assets.defs.metadata import image
 from xenium_assets.defs.resources import ProjectResource
+from xenium_assets.defs.tracking import end_mlflow_on_run_finished
 from xenium_assets.defs.trained_model import sample_shard_dirs, trained_model
 
 

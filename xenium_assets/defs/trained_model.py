@@ -6,13 +6,12 @@ from typing import Literal
 
 import numpy as np
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
-from dagster_mlflow import end_mlflow_on_run_finished
 
 from xenium_assets.atomic import write_json
 from xenium_assets.defs.metadata import counts_table, frame_table, image
 from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.patch_shards import patch_shards
-from xenium_assets.defs.tracking import REGISTERED_MODEL, pip_requirements
+from xenium_assets.defs.tracking import REGISTERED_MODEL, end_mlflow_on_run_finished, pip_requirements
 
 MLFLOW_UI = "http://127.0.0.1:5000"
 
