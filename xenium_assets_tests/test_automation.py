@@ -228,3 +228,26 @@ def test_a_partition_is_requested_as_missing_only_once_it_stays_missing(tmp_path
         result = tick(result.cursor)
         assert result.get_requested_partitions(qc) == {"left"}
         assert tick(result.cursor).get_num_requested(qc) == 0
+
+
+def test_cell_labels_read_missing_waits_one_tick(tmp_path):
+    """cell_labels too: missing and idle for the first time (here: wiped, as the status cache can show it for one
+    tick after a run by hand made it) is not requested on that tick, and is on the next if still missing."""
+    from dagster import AssetKey, AssetMaterialization, instance_for_test
+
+    from xenium_assets.definitions import build_definitions
+
+    defs = build_definitions(tmp_path)
+    labels = AssetKey("cell_labels")
+    with instance_for_test() as instance:
+        tick = _ticks(defs, instance, labels)
+        instance.add_dynamic_partitions(SAMPLES, ["a"])
+        instance.report_runless_asset_event(AssetMaterialization("qc_adata", partition="a"))
+        instance.report_runless_asset_event(AssetMaterialization(labels))
+        result = tick(None)
+        assert result.get_num_requested(labels) == 0  # made and up to date
+        instance.wipe_assets([labels])
+        result = tick(result.cursor)
+        assert result.get_num_requested(labels) == 0  # reads missing and idle for the first time
+        result = tick(result.cursor)
+        assert result.get_num_requested(labels) == 1  # still missing: requested

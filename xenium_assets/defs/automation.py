@@ -4,6 +4,20 @@ cell_labels, the asset that gathers every sample."""
 from dagster import AutomationCondition
 
 
+def _not_newly_missing_and_idle() -> AutomationCondition:
+    """False on the first tick an asset (or partition) reads missing and not in progress.
+
+    Dagster's status cache reads an asset's materializations and its runs in progress in two queries. A run
+    that materializes it between them makes it read as missing and not in progress for one tick, and a
+    condition that requests missing assets requests it again. This was seen in the test suite on a loaded
+    machine: the landing run had just made qc_adata of a new sample, and was still running its other steps.
+    Each such duplicate brings another cell_labels run, and with it every sample's shards. The next tick reads
+    the materialization, so a missing asset waits one tick.
+    """
+    missing_and_idle = AutomationCondition.missing() & ~AutomationCondition.in_progress()
+    return ~missing_and_idle.newly_true()
+
+
 def follows_inputs() -> AutomationCondition:
     """Dagster's ``eager()``, except that an input's update is handled only by a later request of the asset.
 
@@ -14,7 +28,8 @@ def follows_inputs() -> AutomationCondition:
     in-flight one has ended (unless it lands before the first evaluation after the request: Dagster compares
     no times through the dependency condition). Only updates that happened count, and nothing is requested
     on a tick that requests one of the inputs (``eager`` requests both together): the input's update would
-    then bring a second run. A missing asset is handled by its materialization, as in ``eager``.
+    then bring a second run. A missing asset is handled by its materialization, as in ``eager``, one tick
+    after it reads missing and idle (see ``_not_newly_missing_and_idle``).
     """
     inputs_updated = AutomationCondition.any_deps_match(
         AutomationCondition.newly_updated() & ~AutomationCondition.executed_with_root_target()
@@ -29,18 +44,11 @@ def follows_inputs() -> AutomationCondition:
         & ~AutomationCondition.any_deps_match(AutomationCondition.will_be_requested()).with_label("inputs_requested")
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
+        & _not_newly_missing_and_idle()
     ).with_label("follows_inputs")
 
 
 def settled_eager() -> AutomationCondition:
     """Dagster's ``eager()``, except that a partition that turns missing and idle waits one tick before it is
-    requested.
-
-    Dagster's status cache reads a partition's materializations and its runs in progress in two queries. A run
-    that materializes the partition between them makes it read as missing and not in progress for one tick,
-    and ``eager()`` then requests it again. This was seen in the test suite on a loaded machine: the landing run
-    had just made qc_adata of a new sample, and was still running its other steps. Each such duplicate brings
-    another cell_labels run, and with it every sample's shards. The next tick reads the materialization.
-    """
-    missing_and_idle = AutomationCondition.missing() & ~AutomationCondition.in_progress()
-    return (AutomationCondition.eager() & ~missing_and_idle.newly_true()).with_label("settled_eager")
+    requested (see ``_not_newly_missing_and_idle``)."""
+    return (AutomationCondition.eager() & _not_newly_missing_and_idle()).with_label("settled_eager")
