@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -104,3 +106,14 @@ def build_shards(bundle: Path, root: Path, sample: str, labels=None) -> Path:
     for task in tasks:
         extract_tile(task)
     return root / "shards"
+
+
+def assert_leaves_unloaded(modules: tuple[str, ...], unwanted: tuple[str, ...]) -> None:
+    """Import ``modules`` in a fresh interpreter and fail, naming them, if any of ``unwanted`` came with them."""
+    code = (
+        f"import sys, {', '.join(modules)};"
+        f"bad = [m for m in {unwanted!r} if m in sys.modules];"
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]

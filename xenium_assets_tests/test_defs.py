@@ -19,7 +19,14 @@ from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.registry import SampleRegistry
-from xenium_assets_tests.conftest import JURKAT, JURKAT_ORIGIN, JURKAT_PIXEL_SIZE, REPO, needs_shared
+from xenium_assets_tests.conftest import (
+    JURKAT,
+    JURKAT_ORIGIN,
+    JURKAT_PIXEL_SIZE,
+    REPO,
+    assert_leaves_unloaded,
+    needs_shared,
+)
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -68,13 +75,7 @@ def test_dagster_cli_validates_the_code_location():
 
 def test_loading_the_code_location_leaves_mlflow_and_torch_unloaded():
     # Every Dagster process (webserver, daemon, each run and step) loads the code location: mlflow alone added 2 s.
-    code = (
-        "import sys, xenium_assets.definitions;"
-        "bad = [m for m in ('mlflow', 'dagster_mlflow', 'torch', 'lightning', 'timm') if m in sys.modules];"
-        "sys.exit(f'imported {bad}' if bad else 0)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-500:]
+    assert_leaves_unloaded(("xenium_assets.definitions",), ("mlflow", "dagster_mlflow", "torch", "lightning", "timm"))
 
 
 def _register(data, bundle, key, **kwargs):
