@@ -11,9 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import shapely
-from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
-from rasterio.features import rasterize
 
 
 @dataclass(frozen=True)
@@ -109,6 +106,12 @@ class PolygonRaster:
         With ``factor`` > 1 the window is in the pixels of an image zoomed out that many times (a pyramid
         level); ``all_touched`` then keeps polygons smaller than a pixel visible.
         """
+        # Imported here: the patch extraction and the generator load this module for its numpy rasterisers
+        # and never burn through rasterio (about 0.1 s to import in every dask worker).
+        from affine import Affine
+        from rasterio.errors import NotGeoreferencedWarning
+        from rasterio.features import rasterize
+
         out = np.zeros((win.h, win.w), dtype=dtype)
         x0, y0 = win.x0 * factor, win.y0 * factor
         hits = self.tree.query(shapely.box(x0, y0, x0 + win.w * factor, y0 + win.h * factor))
