@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from xenium_assets.training.data import DataConfig, PatchDataModule, augment, load_index, shard_splits, to_input
-from xenium_assets.training.evaluate import bootstrap, confusion, permutation_p_value, scores
+from xenium_assets.training.evaluate import bootstrap, confusion, nucleus_hull_area, permutation_p_value, scores
 from xenium_assets.training.run import TrainingError, evaluate_model, select_classes, train_model
 from xenium_assets.training.splits import SplitConfig, spatial_split, split_summary
 from xenium_assets.training.train import TrainConfig, predict
@@ -132,6 +132,31 @@ def test_scores_match_scikit_learn():
     assert low < s["macro_f1"] < high
     assert permutation_p_value(y, p, 4) > 0.05  # random predictions carry no signal
     assert permutation_p_value(y, y, 4) == pytest.approx(1 / 1001)
+
+
+def test_nucleus_hull_is_the_hull_of_its_pixel_squares():
+    import shapely
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:40, 0:40]
+    blobs = []
+    for _ in range(30):  # random ellipses with bites taken out: concave, some touching the patch edge
+        cy, cx, a, b = rng.uniform(0, 40), rng.uniform(0, 40), rng.uniform(2, 15), rng.uniform(2, 15)
+        blob = ((yy - cy) / a) ** 2 + ((xx - cx) / b) ** 2 < 1
+        blob &= ~(((yy - cy - a / 2) / 3) ** 2 + ((xx - cx) / 3) ** 2 < 1)
+        blobs.append(blob)
+    blobs.insert(7, np.zeros((40, 40), dtype=bool))  # no nucleus pixel: area 0, and no gap in the others
+    nucleus = np.stack(blobs)
+    expected = [
+        shapely.union_all(
+            [shapely.box(x, y, x + 1, y + 1) for y, x in zip(*np.nonzero(b), strict=True)]
+        ).convex_hull.area
+        if b.any()
+        else 0.0
+        for b in nucleus
+    ]
+    np.testing.assert_allclose(nucleus_hull_area(nucleus), expected, rtol=1e-12)
+    assert nucleus_hull_area(nucleus[7:8]).tolist() == [0.0]
 
 
 def test_dapi_signal_is_detected_on_class_dependent_morphology(trained):

@@ -71,6 +71,29 @@ def majority_predictions(train_labels: np.ndarray, n: int) -> np.ndarray:
     return np.full(n, np.bincount(train_labels).argmax())
 
 
+def nucleus_hull_area(nucleus: np.ndarray) -> np.ndarray:
+    """Per (n, h, w) boolean patch, the area of the convex hull of its pixels' squares (0 where it has none).
+
+    Only a row's outermost pixels can hold a vertex of the hull, so each row's run gives four corners: the
+    same hull as from every pixel's corners, from about 100 points a nucleus instead of 3,000 (the morphology
+    features of 2,600 test patches took 15.6 s with every corner, most of it building shapely points).
+    """
+    n, h, w = nucleus.shape
+    area = np.zeros(n)
+    patch, row = np.nonzero(nucleus.any(axis=2))
+    if not len(patch):
+        return area
+    x0 = nucleus.argmax(axis=2)[patch, row]
+    x1 = w - nucleus[:, :, ::-1].argmax(axis=2)[patch, row]
+    corners = np.column_stack(
+        [np.stack([x0, x0, x1, x1], 1).ravel(), np.stack([row, row + 1, row, row + 1], 1).ravel()]
+    )
+    owners, dense = np.unique(patch, return_inverse=True)
+    hulls = shapely.convex_hull(shapely.multipoints(corners, indices=np.repeat(dense, 4)))
+    area[owners] = shapely.area(hulls)
+    return area
+
+
 def morphology_features(dapi: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per patch: nucleus area, cell area, eccentricity, solidity, mean/std DAPI in the nucleus, mean DAPI
     around it, and texture (std of the Laplacian in the nucleus). ``dapi`` normalised, (n, P, P)."""
@@ -88,16 +111,7 @@ def morphology_features(dapi: np.ndarray, mask: np.ndarray) -> np.ndarray:
     spread = np.sqrt(np.maximum((mu20 - mu02) ** 2 + 4 * mu11**2, 0))
     major, minor = (mu20 + mu02 + spread) / 2, (mu20 + mu02 - spread) / 2
     eccentricity = np.sqrt(np.clip(1 - minor / np.maximum(major, 1e-9), 0, 1))
-    # Solidity: nucleus pixels over the area of their convex hull, all patches in one shapely call.
-    pid, ys, xs = np.nonzero(nucleus)
-    hull_area = np.zeros(n)
-    if len(pid):
-        corners = np.concatenate([np.column_stack([xs + dx_, ys + dy_]) for dx_ in (0, 1) for dy_ in (0, 1)])
-        owner = np.tile(pid, 4)
-        order = np.argsort(owner, kind="stable")
-        hulls = shapely.convex_hull(shapely.multipoints(corners[order], indices=owner[order]))
-        hull_area[np.unique(pid)] = shapely.area(hulls)
-    solidity = np.where(hull_area > 0, area / np.maximum(hull_area, 1), 0.0)
+    solidity = area / np.maximum(nucleus_hull_area(nucleus), 1)
     values = np.where(nucleus, dapi, 0.0)
     mean = values.sum(axis=(1, 2)) / safe
     std = np.sqrt(np.maximum(np.where(nucleus, dapi**2, 0.0).sum(axis=(1, 2)) / safe - mean**2, 0))
