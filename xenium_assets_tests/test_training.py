@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from xenium_assets.training.data import DataConfig, PatchDataModule, augment, load_index, shard_splits, to_input
-from xenium_assets.training.evaluate import bootstrap, confusion, nucleus_hull_area, permutation_p_value, scores
+from xenium_assets.training.evaluate import (
+    bootstrap,
+    confusion,
+    nucleus_hull_area,
+    permutation_p_value,
+    scores,
+    shuffled_confusions,
+)
 from xenium_assets.training.run import TrainingError, evaluate_model, select_classes, train_model
 from xenium_assets.training.splits import SplitConfig, spatial_split, split_summary
 from xenium_assets.training.train import TrainConfig, predict
@@ -132,6 +139,39 @@ def test_scores_match_scikit_learn():
     assert low < s["macro_f1"] < high
     assert permutation_p_value(y, p, 4) > 0.05  # random predictions carry no signal
     assert permutation_p_value(y, y, 4) == pytest.approx(1 / 1001)
+
+
+def test_resampled_confusions_match_resampling_the_cells():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 400)
+    p = np.where(rng.random(400) < 0.5, y, rng.integers(0, 4, 400))
+    cm = confusion(y, p, 4)
+    shuffled = shuffled_confusions(cm, 4000, np.random.default_rng(0))
+    assert (shuffled.sum(axis=2) == cm.sum(axis=1)).all() and (shuffled.sum(axis=1) == cm.sum(axis=0)).all()
+    # The same null distribution as shuffling the cells' labels one by one ...
+    by_cell = confusion(np.array([rng.permutation(y) for _ in range(4000)]), np.broadcast_to(p, (4000, 400)), 4)
+    null, explicit = scores(shuffled)["macro_f1"], scores(by_cell)["macro_f1"]
+    assert abs(null.mean() - explicit.mean()) < 0.003 and abs(null.std() - explicit.std()) < 0.003
+    # ... and the same bootstrap interval as resampling the cells with replacement.
+    idx = rng.integers(0, 400, (4000, 400))
+    explicit = np.percentile(scores(confusion(y[idx], p[idx], 4))["macro_f1"], [2.5, 97.5])
+    np.testing.assert_allclose(bootstrap(y, p, 4, n=4000)["macro_f1"], explicit, atol=0.01)
+
+
+def test_resampling_memory_does_not_grow_with_the_test_split():
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 1_000_000)
+    p = np.where(rng.random(len(y)) < 0.5, y, rng.integers(0, 5, len(y)))
+    tracemalloc.start()
+    try:
+        bootstrap(y, p, 5)
+        permutation_p_value(y, p, 5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB"  # a resamples x cells matrix: 8 GB per array here
 
 
 def test_nucleus_hull_is_the_hull_of_its_pixel_squares():
