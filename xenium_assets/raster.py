@@ -106,8 +106,8 @@ class PolygonRaster:
         With ``factor`` > 1 the window is in the pixels of an image zoomed out that many times (a pyramid
         level); ``all_touched`` then keeps polygons smaller than a pixel visible.
         """
-        # Imported here: the patch extraction and the generator load this module for its numpy rasterisers
-        # and never burn through rasterio (about 0.1 s to import in every dask worker).
+        # Imported here: the patch extraction loads this module for its numpy rasteriser and never burns through
+        # rasterio (only the generator and the viewer do); importing it cost every dask worker about 0.1 s.
         from affine import Affine
         from rasterio.errors import NotGeoreferencedWarning
         from rasterio.features import rasterize

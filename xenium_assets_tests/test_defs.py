@@ -75,7 +75,7 @@ def test_dagster_cli_validates_the_code_location():
 
 def test_loading_the_code_location_leaves_mlflow_and_torch_unloaded():
     # Every Dagster process (webserver, daemon, each run and step) loads the code location: mlflow alone added 2 s,
-    # scipy.ndimage (needed only to resample) and rasterio (only the viewer burns through it) 0.4-0.7 s together.
+    # scipy.ndimage (only resampling needs it) and rasterio (the generator and the viewer) 0.4-0.7 s together.
     unwanted = ("mlflow", "dagster_mlflow", "torch", "lightning", "timm", "scipy.ndimage", "rasterio")
     assert_leaves_unloaded(("xenium_assets.definitions",), unwanted)
 
