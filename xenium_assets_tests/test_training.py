@@ -214,6 +214,22 @@ def test_dapi_signal_is_detected_on_class_dependent_morphology(trained):
     assert (out / "report" / "report.md").exists()
 
 
+def test_morphology_baseline_is_fitted_on_at_most_the_cap(trained, two_slides):
+    model, _, _, out = trained
+    full = json.loads((out / "report" / "metrics.json").read_text())
+    evaluate_model(model.folder, two_slides, out / "capped", morphology_train_cells=300)
+    capped = json.loads((out / "capped" / "metrics.json").read_text())
+    # The CNN and the majority class (taken from the index, not the pixels) are untouched by the cap.
+    for key in ("test_macro_f1", "test_macro_f1_ci_low", "majority_macro_f1", "permutation_p_value"):
+        assert capped[key] == full[key], key
+    assert capped["morphology_macro_f1"] > capped["majority_macro_f1"]
+    text = (out / "capped" / "report.md").read_text()
+    fitted = [line for line in text.splitlines() if "fitted on" in line]
+    assert fitted and "fitted on 300 of the " in fitted[0], fitted
+    total = fitted[0].split("fitted on 300 of the ")[1].split(" train cells")[0]
+    assert f"fitted on {total} of the {total} train cells" in (out / "report" / "report.md").read_text()
+
+
 def test_checkpoint_reproduces_the_reports_predictions(trained, two_slides):
     model, _, test, _ = trained
     card = json.loads((model.folder / "model.json").read_text())
