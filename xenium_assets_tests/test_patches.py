@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -359,7 +360,7 @@ def test_winding_counts_are_shapely_containment_at_pixel_centres():
     """The scan conversion behind the masks: for valid polygons in either orientation, closed or open rings,
     windows partly off the polygons and polygons partly off the windows, a pixel counts exactly where
     shapely says its centre is inside; overlapping rings add their weights."""
-    from xenium_assets.raster import winding_counts
+    from xenium_assets.patches.kernels import winding_counts
 
     rng = np.random.default_rng(3)
     rings, items, weights = [], [], []
@@ -379,7 +380,9 @@ def test_winding_counts_are_shapely_containment_at_pixel_centres():
     offsets = np.cumsum([0] + [len(r) for r in rings])
     xy = np.vstack(rings)
     size = 48
-    counts = winding_counts(xy[:, 0], xy[:, 1], offsets, np.array(items), top, left, np.array(weights), size)
+    order = np.argsort(items, kind="stable")  # the kernel takes the (window, ring) pairs grouped by window
+    window, weight = np.array(items)[order], np.array(weights)[order]
+    counts = winding_counts(xy[:, 0], xy[:, 1], offsets[:-1], np.diff(offsets), window, order, weight, top, left, size)
     assert counts.shape == (4, size, size)
     rows, cols = np.mgrid[0:size, 0:size]
     for i in range(4):
@@ -449,36 +452,42 @@ def test_tar_headers_equal_the_scalar_ones_and_tarfile_reads_them():
         assert t.getnames() == long and t.extractfile(long[0]).read() == b"abc"
 
 
-@pytest.mark.parametrize("writev", [True, False], ids=["writev", "no_writev"])
-def test_shards_are_cut_by_count_and_by_bytes(tmp_path, monkeypatch, writev):
-    """Chunks that straddle a shard's limits are split there; samples keep their order across shards. Also where
-    the OS has no ``writev`` (Windows)."""
-    import os
-
+def test_shards_are_cut_by_count_and_by_bytes(tmp_path):
+    """Chunks that straddle a shard's limits are split there; samples keep their order across shards. A chunk's
+    JSON that ends a tar block short of its longest is padded with spaces; every JSON reads back as written."""
     from xenium_assets.patches.shards import TileShardWriter
 
-    if not writev:
-        monkeypatch.delattr(os, "writev")
     rng = np.random.default_rng(0)
     keys = [f"s/c{i:03d}" for i in range(50)]
     dapi = rng.integers(0, 65535, (50, 8, 8), dtype=np.uint16)
+    notes = ["x" * int(n) for n in rng.integers(0, 600, 50)]  # one JSON block or two
+    notes[:16] = ["x" * 100] * 16  # the first chunk's JSONs all fit a block: no padding
     one_sample = 3 * 512 + 2 * 512 + 512  # three headers, two padded arrays, a short JSON
     for max_count, max_bytes, per_shard in ((7, 1e9, 7), (1000, 4 * one_sample, 4)):
         folder = tmp_path / f"{max_count}"
         writer = TileShardWriter(folder, max_count=max_count, max_bytes=max_bytes)
         shard_of = []
         for first in range(0, 50, 16):  # chunks of 16 against shards of 7 or 4 samples
-            chunk = writer.chunk(keys[first : first + 16], (8, 8))
+            jsons = [json.dumps({"i": i, "note": notes[i]}).encode() for i in range(first, min(first + 16, 50))]
+            chunk = writer.chunk(keys[first : first + 16], jsons, (8, 8))
             chunk.dapi[...] = dapi[first : first + 16]
             chunk.mask[...] = 1
-            shard_of += writer.write(chunk, [json.dumps({"i": first + j}).encode() for j in range(len(chunk.keys))])
+            shard_of += writer.write(chunk)
         shards_written = writer.close()
+        samples = list(wds.WebDataset(sorted(str(p) for p in folder.glob("shard-*.tar")), shardshuffle=False).decode())
+        assert [s["__key__"] for s in samples] == keys
+        assert [s["json"] for s in samples] == [{"i": i, "note": n} for i, n in enumerate(notes)]
+        np.testing.assert_array_equal(np.stack([s["dapi.npy"] for s in samples]), dapi)
+        # By bytes: 4 one-block-JSON samples fill a shard; of samples with two-block JSON, the 4th crosses the limit.
         assert len(shards_written) == -(-50 // per_shard) and shard_of == [
             shards_written[i // per_shard] for i in range(50)
         ]
-        samples = list(wds.WebDataset(sorted(str(p) for p in folder.glob("shard-*.tar")), shardshuffle=False).decode())
-        assert [s["__key__"] for s in samples] == keys and [s["json"]["i"] for s in samples] == list(range(50))
-        np.testing.assert_array_equal(np.stack([s["dapi.npy"] for s in samples]), dapi)
+        texts = {}
+        for shard in shards_written:
+            with tarfile.open(folder / shard) as tar:
+                texts |= {m.name: tar.extractfile(m).read() for m in tar if m.name.endswith(".json")}
+        assert texts[f"{keys[0]}.json"] == json.dumps({"i": 0, "note": notes[0]}).encode()  # nothing to pad
+        assert any(text.endswith(b" ") for text in texts.values())  # padded ones, which still decoded above
 
 
 KILLER = textwrap.dedent(
@@ -487,14 +496,15 @@ KILLER = textwrap.dedent(
     from xenium_assets.patches import shards
     from xenium_assets.patches.extract import extract_tile
     task = pickle.load(open(sys.argv[1], "rb"))
-    original, calls = shards._write_all, []
-    def write_all(file, pieces):
+    original, calls = shards._write, []
+    def write(file, data):
         calls.append(1)
-        if len(calls) == 3:  # the third shard's samples: write half of them, then die
-            original(file, pieces[: len(pieces) // 2])
+        if len(calls) == 3:  # the third shard's samples: write half of their bytes, then die
+            original(file, data[: len(data) // 2])
+            file.flush()
             os.kill(os.getpid(), signal.SIGKILL)  # mid-tile, mid-shard: no cleanup code runs
-        original(file, pieces)
-    shards._write_all = write_all
+        original(file, data)
+    shards._write = write
     extract_tile(task)
     """
 )

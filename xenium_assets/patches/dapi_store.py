@@ -92,8 +92,15 @@ class ChunkFiles:
 
     @classmethod
     def open(cls, path: str | Path) -> ChunkFiles:
-        """The store at ``path``, after checking it has the layout this class reads and writes."""
-        meta = zarr.open_array(str(path), mode="r").metadata.to_dict()
+        """The store at ``path``, after checking it has the layout this class reads and writes.
+
+        Its metadata is read as the JSON file it is: through zarr, opening the store cost each tile task 2-17 ms
+        of waiting on zarr's event-loop thread."""
+        file = Path(path) / "zarr.json"
+        try:
+            meta = json.loads(file.read_bytes())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{file}: not readable ({error}); re-materialize dapi_zarr") from error
         codecs = meta["codecs"]
         codec = codecs[-1]["name"]  # the compressor, after the bytes codec
         layout = {

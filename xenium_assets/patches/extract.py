@@ -1,11 +1,11 @@
-"""Cut the patches of one tile: DAPI crops by fancy indexing, masks scan-converted for many cells at once.
+"""Cut the patches of one tile: DAPI crops by fancy indexing, masks from a compiled scan conversion.
 
 ``plan_cells`` decides, for all cells of a sample at once, which are eligible and why the others are
 skipped, and groups them by owning tile. ``extract_tile`` (a dask task) then works through its tile
 in equal blocks of at most BLOCK_PX² plus a half-patch halo, so memory does not grow with tile or
 slide size: per block, one DAPI read from the transcoded store; per CHUNK_CELLS cells of the block,
-vectorised crops of their windows and one scan conversion of every polygon that reaches their windows
-(``PatchMasks``), written straight into the tar writer's buffer. No loop over cells touches pixels.
+their crops in one indexing operation and one kernel call for the masks of all of them (``PatchMasks``),
+written straight into the tar writer's buffer. No Python loop over cells touches pixels.
 """
 
 from __future__ import annotations
@@ -18,20 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import shapely
 
 from xenium_assets.patches import shards
 from xenium_assets.patches.dapi_store import ChunkFiles, DapiStore
-from xenium_assets.patches.geometry import CELLS, TileRings, gather, read_target_grid, read_tile_rings
+from xenium_assets.patches.geometry import CELLS, TileRings, read_target_grid, read_tile_rings
 from xenium_assets.patches.grid import PatchSpec, tile_window
-from xenium_assets.raster import winding_counts
 
 BLOCK_PX = 1280
 """Largest block side. A tile of the 8 x 8 grid is 1250 px on a 10k² slide: blocks of 1250² there and on
 20k² (four) keep a worker's peak nearly the same on both; blocks of up to 2048² peaked about 55 MB higher on
 20k² and cut tiles no faster (0.43 against 0.42 ms a patch, six 20k² tiles in one process)."""
 CHUNK_CELLS = 128
-"""Cells cut at once (their DAPI crops, winding counts and masks: about 15 MB), whatever the density."""
+"""Cells cut at once (their samples' tar bytes, about 4 MB), whatever the density."""
 MASK_NUCLEUS, MASK_PERINUCLEAR = 1, 2
 # Weights of a patch's polygons in one winding count: its cell's outline, its cell's nuclei, other cells'
 # nuclei (up to 15 overlapping outlines or own nuclei).
@@ -153,8 +151,21 @@ def crop(array: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.
     return np.lib.stride_tricks.sliding_window_view(array, (size, size))[top, left]
 
 
+def _ragged(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For runs ``starts[i]:starts[i] + counts[i]``: each element's run i and its position, all runs concatenated."""
+    run = np.repeat(np.arange(len(starts)), counts)
+    return run, np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+
+
 class PatchMasks:
-    """Nucleus and perinuclear masks of any cells of one tile, from the tile's polygons (target px)."""
+    """Nucleus and perinuclear masks of any cells of one tile, from the tile's polygons (target px).
+
+    The polygons drawn in a cell's window: its own (its outline and nuclei), and the nuclei of the squares of a
+    grid (the window's side) that the window touches, each nucleus listed in every square its bounding box
+    touches. That is a superset of the nuclei reaching the window, and a ring that misses a window adds nothing
+    to it. Found with numpy: an STR-tree of the rings' boxes, queried with the windows' boxes, cost 8-13 µs a
+    patch, most of it building shapely boxes.
+    """
 
     def __init__(self, rings: TileRings, size: int) -> None:
         self.rings, self.size = rings, size
@@ -163,13 +174,51 @@ class PatchMasks:
         self.is_nucleus = rings.kinds == "nucleus"
         starts = rings.offsets[:-1]
         self.starts, self.lengths = starts, np.diff(rings.offsets)
-        if len(starts):
-            bounds = [f.reduceat(v, starts) for f in (np.minimum, np.maximum) for v in (rings.x, rings.y)]
-            self.tree = shapely.STRtree(shapely.box(*bounds))
+        # Rings by owner: owner k's are by_owner[owner_start[k]:owner_start[k + 1]].
+        self.by_owner = np.argsort(self.owner, kind="stable")
+        self.owner_start = np.searchsorted(self.owner[self.by_owner], np.arange(len(self.codes) + 1))
+        nuclei = np.flatnonzero(self.is_nucleus)
+        if len(nuclei):
+            x0, y0 = (np.minimum.reduceat(v, starts)[nuclei] for v in (rings.x, rings.y))
+            x1, y1 = (np.maximum.reduceat(v, starts)[nuclei] for v in (rings.x, rings.y))
+            self.origin = np.floor([y0.min(), x0.min()])
         else:
-            self.tree = shapely.STRtree([])
-        # Counts, labels and flags, reused from chunk to chunk (fresh arrays page-fault: see winding_counts).
-        self._scratch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+            x0 = y0 = x1 = y1 = np.zeros(0)
+            self.origin = np.zeros(2)
+        row0, col0 = self._square(y0, 0), self._square(x0, 1)
+        rows, cols = self._square(y1, 0) - row0 + 1, self._square(x1, 1) - col0 + 1
+        self.grid_shape = (int((row0 + rows).max(initial=1)), int((col0 + cols).max(initial=1)))
+        nucleus, k = _ragged(np.zeros(len(nuclei), dtype=np.int64), rows * cols)
+        square = (row0[nucleus] + k // cols[nucleus]) * self.grid_shape[1] + col0[nucleus] + k % cols[nucleus]
+        order = np.argsort(square, kind="stable")
+        self.square_nuclei = nuclei[nucleus[order]]
+        self.square_start = np.searchsorted(square[order], np.arange(self.grid_shape[0] * self.grid_shape[1] + 1))
+
+    def _square(self, coordinate: np.ndarray, axis: int) -> np.ndarray:
+        """The grid row (axis 0, of y) or column (axis 1, of x) holding each coordinate."""
+        return ((np.asarray(coordinate, dtype=float) - self.origin[axis]) // self.size).astype(np.int64)
+
+    def _pairs(self, codes: np.ndarray, top: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(window, ring) pairs to draw, grouped by window, each once: every window's own rings and the nuclei
+        of the grid squares it touches."""
+        n_windows = len(top)
+        known = codes >= 0
+        own_window, at = _ragged(
+            self.owner_start[np.where(known, codes, 0)], np.where(known, np.diff(self.owner_start)[codes], 0)
+        )
+        # The 2 x 2 squares under a window's corners (the same square twice where the window fits in one).
+        corner_rows = [self._square(top + d, 0) for d in (0, self.size)]
+        corner_cols = [self._square(left + d, 1) for d in (0, self.size)]
+        window = np.tile(np.arange(n_windows), 4)
+        row = np.concatenate([r for r in corner_rows for _ in range(2)])
+        col = np.concatenate(corner_cols * 2)
+        inside = (row >= 0) & (row < self.grid_shape[0]) & (col >= 0) & (col < self.grid_shape[1])
+        window, square = window[inside], (row * self.grid_shape[1] + col)[inside]
+        listed, at_square = _ragged(self.square_start[square], np.diff(self.square_start)[square])
+        windows = np.concatenate([own_window, window[listed]])
+        ring = np.concatenate([self.by_owner[at], self.square_nuclei[at_square]])
+        key = np.unique(windows * len(self.starts) + ring)  # sorted by window, duplicates dropped
+        return key // max(len(self.starts), 1), key % max(len(self.starts), 1)
 
     def __call__(
         self, cell_ids: np.ndarray, top: np.ndarray, left: np.ndarray, out: np.ndarray | None = None
@@ -182,33 +231,32 @@ class PatchMasks:
         every nucleus, the pixel is perinuclear to both: no cell wins it by its id or its drawing order (see
         the null-slide note at PolygonRaster).
         """
+        from xenium_assets.patches.kernels import label_windows
+
         size = self.size
-        patch, ring = self.tree.query(shapely.box(left, top, left + size, top + size))
-        own = self.owner[ring] == self.codes.get_indexer(cell_ids)[patch]
-        keep = own | self.is_nucleus[ring]
-        patch, ring, own = patch[keep], ring[keep], own[keep]
+        top, left = np.asarray(top, dtype=np.int64), np.asarray(left, dtype=np.int64)
+        codes = self.codes.get_indexer(cell_ids)
+        window, ring = self._pairs(codes, top, left)
+        own = self.owner[ring] == codes[window]
         weight = np.where(own, np.where(self.is_nucleus[ring], _OWN_NUCLEUS, _OWN_CELL), _OTHER_NUCLEUS)
-        vertex, offsets = gather(self.starts, self.lengths, ring)
-        x, y = self.rings.x[vertex], self.rings.y[vertex]
-        n = len(top)
-        cells = n * size * (size + 1)
-        if self._scratch is None or len(self._scratch[0]) < cells:
-            self._scratch = np.empty(cells, np.int32), np.empty(cells, np.uint8), np.empty(cells, bool)
-        counts, labels, flags = (a[:cells] for a in self._scratch)
-        winding_counts(x, y, offsets, patch, top, left, weight, size, out=counts)
-        # Thresholds on the whole contiguous count buffer (with the column past each row), then one strided
-        # copy: on the (n, size, size) view the same ufuncs ran at half the speed (3.0-3.9 against 1.6 ms
-        # for 128 windows). In place, as unsigned (negative counts, from invalid outlines, wrap to large: no
-        # mask): inside and alone = 1 <= count < 256, a nucleus of its own too = 16 <= count < 256.
-        counts = counts.view(np.uint32)
-        np.subtract(counts, np.uint32(1), out=counts)
-        np.less(counts, np.uint32(_OTHER_NUCLEUS - 1), out=flags)
-        np.multiply(flags.view(np.uint8), np.uint8(MASK_PERINUCLEAR), out=labels)
-        np.subtract(counts, np.uint32(_OWN_NUCLEUS - 1), out=counts)
-        np.less(counts, np.uint32(_OTHER_NUCLEUS - _OWN_NUCLEUS), out=flags)
-        np.subtract(labels, flags.view(np.uint8), out=labels)  # MASK_PERINUCLEAR - 1 = MASK_NUCLEUS: its own nucleus
-        out = np.empty((n, size, size), dtype=np.uint8) if out is None else out
-        out[...] = labels.reshape(n, size, size + 1)[:, :, :size]
+        out = np.empty((len(top), size, size), dtype=np.uint8) if out is None else out
+        # Counts 1-15: inside its own outline (up to 15 of them) and in no nucleus; 16-255: in a nucleus of its
+        # own and in no other cell's; negative ones (invalid outlines) and 256 up: in no mask.
+        label_windows(
+            self.rings.x,
+            self.rings.y,
+            self.starts,
+            self.lengths,
+            window,
+            ring,
+            weight.astype(np.int32),
+            top,
+            left,
+            _OWN_NUCLEUS,
+            _OTHER_NUCLEUS,
+            (MASK_PERINUCLEAR, MASK_NUCLEUS),
+            out,
+        )
         return out
 
 
@@ -261,6 +309,23 @@ def _metadata(task: TileTask, top: np.ndarray, left: np.ndarray, edge: np.ndarra
     ]
 
 
+def warm_up() -> float:
+    """Load what the transcode and tile tasks run into this process, the compiled mask kernel included; returns
+    the seconds it took. Run once on every dask worker (``client.run``) before the tasks: a worker's first tile
+    otherwise pays it (about 1.4 s with numba's on-disk cache, 6 s without).
+    """
+    start = time.perf_counter()
+    from xenium_assets.patches import dapi_store  # noqa: F401 (the transcode's task module)
+    from xenium_assets.patches.kernels import label_windows
+
+    none = np.zeros(0, dtype=np.int64)
+    window = np.zeros((2, 2, 3), dtype=np.uint8)[:, :, :2]  # strided, as the tar buffer's mask view
+    label_windows(
+        none * 0.0, none * 0.0, none, none, none, none, none.astype(np.int32), none, none, 16, 256, (2, 1), window
+    )
+    return time.perf_counter() - start
+
+
 def extract_tile(task: TileTask) -> dict:
     """Write the tile's shards and index; return its counts, a few example patches, and timings."""
     start = time.perf_counter()
@@ -298,10 +363,10 @@ def extract_tile(task: TileTask) -> dict:
             # Crops are made CHUNK_CELLS at a time: a block's worth at once would grow with cell density.
             for first in range(0, len(pick), CHUNK_CELLS):
                 chunk = pick[first : first + CHUNK_CELLS]
-                samples = writer.chunk([keys[i] for i in chunk], (size, size))
+                samples = writer.chunk([keys[i] for i in chunk], [metas[i] for i in chunk], (size, size))
                 samples.dapi[...] = crop(pixels, top[chunk] - region.y0, left[chunk] - region.x0, size)
                 masks(cell_ids[chunk], top[chunk], left[chunk], out=samples.mask)
-                shard_of[chunk] = writer.write(samples, [metas[i] for i in chunk])
+                shard_of[chunk] = writer.write(samples)
                 for j, i in enumerate(chunk if wanted else ()):  # until every class has its examples
                     if wanted.get(cell_labels[i], 0) > 0:
                         wanted[cell_labels[i]] -= 1
