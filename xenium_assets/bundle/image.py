@@ -119,6 +119,39 @@ def open_plane(file: str | Path, ifd: int = 0, level: int = 0) -> Iterator[zarr.
         yield zarr.open(store, mode="r")
 
 
+def decode_window(file: str | Path, ifd: int, window: tuple[slice, slice]) -> np.ndarray:
+    """The level-0 pixels of IFD ``ifd`` under ``window`` (inside the image), each TIFF tile it touches read and
+    decoded once by tifffile's own decoder.
+
+    Straight from the file: through the zarr store (``open_plane``) a 2048² block of 1024² JPEG-2000 tiles took
+    0.833 s of CPU against 0.808-0.816 (ten blocks, four interleaved rounds); the transcode decodes every tile this
+    way. An untiled page is read through the store.
+    """
+    rows, cols = window
+    with tifffile.TiffFile(file, is_ome=False) as tif:
+        page = tif.pages[ifd]
+        if not page.is_tiled or page.ndim != 2:
+            with series_of(tif, ifd).aszarr(level=0) as store:
+                return np.asarray(zarr.open(store, mode="r")[rows, cols])
+        th, tw = page.tilelength, page.tilewidth
+        across = -(-page.imagewidth // tw)
+        out = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=page.dtype)
+        handle = tif.filehandle
+        for ty in range(rows.start // th, -(-rows.stop // th)):
+            for tx in range(cols.start // tw, -(-cols.stop // tw)):
+                index = ty * across + tx
+                if not page.databytecounts[index]:
+                    continue  # a tile never written: zeros
+                handle.seek(page.dataoffsets[index])
+                tile = page.decode(handle.read(page.databytecounts[index]), index)[0].reshape(th, tw)
+                y0, x0 = max(ty * th, rows.start), max(tx * tw, cols.start)
+                y1, x1 = min((ty + 1) * th, rows.stop), min((tx + 1) * tw, cols.stop)
+                out[y0 - rows.start : y1 - rows.start, x0 - cols.start : x1 - cols.start] = tile[
+                    y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw
+                ]
+    return out
+
+
 def _describe(
     file: Path, ifd: int, channel: int, names: list[str], physical: float | None, notes: list[str]
 ) -> DapiImage:

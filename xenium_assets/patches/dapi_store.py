@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 from numcodecs import Blosc, Zstd
 
-from xenium_assets.bundle.image import open_plane
+from xenium_assets.bundle.image import decode_window, open_plane
 from xenium_assets.bundle.manifest import Manifest
 from xenium_assets.parallel import Runner
 from xenium_assets.patches.grid import target_grid
@@ -174,10 +174,10 @@ def transcode_block(source: str, ifd: int, store: str, block: Window, scale: flo
     Returns the block's 65,536-bin intensity histogram (of a 1-in-16 pixel sample). Runs on a dask
     worker: it opens files itself.
     """
-    with open_plane(source, ifd) as plane:
-        if scale == 1.0:
-            data = np.asarray(plane[block.slices])
-        else:
+    if scale == 1.0:
+        data = decode_window(source, ifd, block.slices)
+    else:
+        with open_plane(source, ifd) as plane:
             # Imported here: scipy.ndimage costs every process that loads this module (each Dagster step, each
             # dask worker) about 0.3 s, and only bundles at another pixel size need it.
             from scipy import ndimage
