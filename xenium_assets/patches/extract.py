@@ -202,10 +202,11 @@ class PatchMasks:
         """(window, ring) pairs to draw, grouped by window, each once: every window's own rings and the nuclei
         of the grid squares it touches."""
         n_windows = len(top)
-        known = codes >= 0
-        own_window, at = _ragged(
-            self.owner_start[np.where(known, codes, 0)], np.where(known, np.diff(self.owner_start)[codes], 0)
-        )
+        known = codes >= 0  # a cell with no polygon in the tile has none of its own to draw
+        first, count = np.zeros((2, n_windows), dtype=np.int64)
+        first[known] = self.owner_start[codes[known]]
+        count[known] = np.diff(self.owner_start)[codes[known]]
+        own_window, at = _ragged(first, count)
         # The 2 x 2 squares under a window's corners (the same square twice where the window fits in one).
         corner_rows = [self._square(top + d, 0) for d in (0, self.size)]
         corner_cols = [self._square(left + d, 1) for d in (0, self.size)]
@@ -318,11 +319,11 @@ def warm_up() -> float:
     from xenium_assets.patches import dapi_store  # noqa: F401 (the transcode's task module)
     from xenium_assets.patches.kernels import label_windows
 
-    none = np.zeros(0, dtype=np.int64)
-    window = np.zeros((2, 2, 3), dtype=np.uint8)[:, :, :2]  # strided, as the tar buffer's mask view
-    label_windows(
-        none * 0.0, none * 0.0, none, none, none, none, none.astype(np.int32), none, none, 16, 256, (2, 1), window
-    )
+    # No windows, but the argument types of a tile's calls: numba compiles (or loads) one version per types.
+    xy, index, weight = np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    masks = np.zeros((2, 2, 3), dtype=np.uint8)[:, :, :2]  # strided, as the tar buffer's mask view
+    labels = (MASK_PERINUCLEAR, MASK_NUCLEUS)
+    label_windows(xy, xy, index, index, index, index, weight, index, index, _OWN_NUCLEUS, _OTHER_NUCLEUS, labels, masks)
     return time.perf_counter() - start
 
 
