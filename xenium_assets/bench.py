@@ -206,12 +206,13 @@ def bench_patches(
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
+    import numpy as np
     import pandas as pd
     import pyarrow.parquet as pq
     import tifffile
 
-    from xenium_assets.bundle.image import open_plane
-    from xenium_assets.bundle.validate import inspect_bundle
+    from xenium_assets.bundle.image import find_dapi, open_plane
+    from xenium_assets.bundle.locate import locate_files
     from xenium_assets.patches import baselines, grid
     from xenium_assets.raster import read_window
 
@@ -223,28 +224,29 @@ def bench_patches(
         # The floor: decode the level-0 DAPI once, same worker count; once before the extraction and once after,
         # their mean the floor, so that the machine's drift during the run (a fifth, some days) cancels. Both
         # decodes and the extraction read the file from the page cache: it is read through first.
-        dapi_image = inspect_bundle(big).dapi
-        with open(dapi_image.file, "rb") as f:
+        dapi_image = find_dapi(locate_files(big).focus)
+        dapi, ifd = dapi_image.file, dapi_image.ifd
+        with open(dapi, "rb") as f:
             while f.read(1 << 26):
                 pass
-        t = time.perf_counter()
-        with tifffile.TiffFile(dapi_image.file, is_ome=False) as tif:
-            tif.pages[dapi_image.ifd].asarray(maxworkers=workers)
-        floor_before = time.perf_counter() - t
+
+        def decode_floor() -> tuple[float, np.ndarray]:
+            t = time.perf_counter()
+            with tifffile.TiffFile(dapi, is_ome=False) as tif:
+                image = tif.pages[ifd].asarray(maxworkers=workers)
+            return time.perf_counter() - t, image
+
+        floor_before, _ = decode_floor()
         ours = _extract(big, work / "big", workers)
         manifest = ours.pop("manifest")
-        dapi = manifest.dapi_path
-        t = time.perf_counter()
-        with tifffile.TiffFile(dapi, is_ome=False) as tif:
-            image = tif.pages[manifest.dapi.ifd].asarray(maxworkers=workers)
-        floor_after = time.perf_counter() - t
+        floor_after, image = decode_floor()
         floor = (floor_before + floor_after) / 2
         # The alternative to transcoding: read each tile plus its halo straight from the JPEG-2000 TIFF.
         halo = grid.PatchSpec().halo_px
         windows = [grid.tile_window(k, size, size).pad(halo) for k in grid.TILE_KEYS]
 
         def read_direct(win):
-            with open_plane(dapi, manifest.dapi.ifd) as plane:
+            with open_plane(dapi, ifd) as plane:
                 return read_window(plane, win).sum()
 
         t = time.perf_counter()

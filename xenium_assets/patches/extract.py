@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from xenium_assets.patches import shards
 from xenium_assets.patches.dapi_store import ChunkFiles, DapiStore
-from xenium_assets.patches.geometry import CELLS, TileRings, read_target_grid, read_tile_rings
+from xenium_assets.patches.geometry import CELLS, TileRings, gather, read_target_grid, read_tile_rings
 from xenium_assets.patches.grid import PatchSpec, tile_window
 
 BLOCK_PX = 1280
@@ -151,12 +151,6 @@ def crop(array: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.
     return np.lib.stride_tricks.sliding_window_view(array, (size, size))[top, left]
 
 
-def _ragged(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For runs ``starts[i]:starts[i] + counts[i]``: each element's run i and its position, all runs concatenated."""
-    run = np.repeat(np.arange(len(starts)), counts)
-    return run, np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-
-
 class PatchMasks:
     """Nucleus and perinuclear masks of any cells of one tile, from the tile's polygons (target px).
 
@@ -188,7 +182,9 @@ class PatchMasks:
         row0, col0 = self._square(y0, 0), self._square(x0, 1)
         rows, cols = self._square(y1, 0) - row0 + 1, self._square(x1, 1) - col0 + 1
         self.grid_shape = (int((row0 + rows).max(initial=1)), int((col0 + cols).max(initial=1)))
-        nucleus, k = _ragged(np.zeros(len(nuclei), dtype=np.int64), rows * cols)
+        per_nucleus = rows * cols
+        nucleus = np.repeat(np.arange(len(nuclei)), per_nucleus)
+        k = gather(np.zeros(len(nuclei), dtype=np.int64), per_nucleus, np.arange(len(nuclei)))[0]
         square = (row0[nucleus] + k // cols[nucleus]) * self.grid_shape[1] + col0[nucleus] + k % cols[nucleus]
         order = np.argsort(square, kind="stable")
         self.square_nuclei = nuclei[nucleus[order]]
@@ -206,7 +202,7 @@ class PatchMasks:
         first, count = np.zeros((2, n_windows), dtype=np.int64)
         first[known] = self.owner_start[codes[known]]
         count[known] = np.diff(self.owner_start)[codes[known]]
-        own_window, at = _ragged(first, count)
+        at = gather(first, count, np.arange(n_windows))[0]
         # The 2 x 2 squares under a window's corners (the same square twice where the window fits in one).
         corner_rows = [self._square(top + d, 0) for d in (0, self.size)]
         corner_cols = [self._square(left + d, 1) for d in (0, self.size)]
@@ -215,8 +211,9 @@ class PatchMasks:
         col = np.concatenate(corner_cols * 2)
         inside = (row >= 0) & (row < self.grid_shape[0]) & (col >= 0) & (col < self.grid_shape[1])
         window, square = window[inside], (row * self.grid_shape[1] + col)[inside]
-        listed, at_square = _ragged(self.square_start[square], np.diff(self.square_start)[square])
-        windows = np.concatenate([own_window, window[listed]])
+        listed = np.diff(self.square_start)[square]
+        at_square = gather(self.square_start[square], listed, np.arange(len(square)))[0]
+        windows = np.concatenate([np.repeat(np.arange(n_windows), count), np.repeat(window, listed)])
         ring = np.concatenate([self.by_owner[at], self.square_nuclei[at_square]])
         key = np.unique(windows * len(self.starts) + ring)  # sorted by window, duplicates dropped
         return key // max(len(self.starts), 1), key % max(len(self.starts), 1)
