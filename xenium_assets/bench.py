@@ -154,7 +154,7 @@ def _extract(bundle: Path, work: Path, workers: int) -> dict:
     from xenium_assets.defs.compute import DaskResource
     from xenium_assets.parallel import dask_runner
     from xenium_assets.patches.dapi_store import transcode_dapi
-    from xenium_assets.patches.extract import extract_tile, tile_tasks, warm_up
+    from xenium_assets.patches.extract import extract_tile, largest_first, tile_tasks, warm_up
     from xenium_assets.patches.geometry import split_by_tile
     from xenium_assets.patches.grid import TILE_KEYS, PatchSpec
     from xenium_assets.synth import truth_labels
@@ -180,7 +180,7 @@ def _extract(bundle: Path, work: Path, workers: int) -> dict:
         t2 = time.perf_counter()
         tasks = tile_tasks("bench", store, work / "geometry", problems, labels, list(TILE_KEYS), work / "shards", spec)
         with _PeakRss() as tiles_memory:
-            results = list(run(extract_tile, [{"task": t} for t in tasks], "patch shards"))
+            results = list(run(extract_tile, [{"task": t} for t in largest_first(tasks)], "patch shards"))
         t3 = time.perf_counter()
     return {
         "warmup_seconds": warmup_seconds,

@@ -121,6 +121,9 @@ def test_chunk_files_read_what_zarr_writes_and_write_what_zarr_reads(tmp_path):
     for files in (ChunkFiles.open(by_zarr), ChunkFiles.open(by_zstd)):
         for win in windows:
             np.testing.assert_array_equal(files.read(win), read_window(image, win))
+        # Windows read in turn (a tile's blocks), each chunk decoded once across them, read the same pixels.
+        for win, pixels in zip(windows, files.read_windows(list(windows)), strict=True):
+            np.testing.assert_array_equal(pixels, read_window(image, win))
     by_files = tmp_path / "by_files.zarr"
     create_store(by_files, shape)
     for block in tile_windows(*shape, 1024):
@@ -444,7 +447,8 @@ def test_patch_masks_give_shared_pixels_to_no_nucleus_and_to_both_outlines():
             y=np.concatenate([r[:, 1] for r in rings]),
             offsets=np.cumsum([0] + [len(r) for r in rings]),
         )
-        return PatchMasks(tile, 48)(np.array(["a", "b"], dtype=object), np.array([-4, -4]), np.array([-4, 16]))
+        draw = PatchMasks(tile, 48)
+        return draw(draw.owners(np.array(["a", "b"], dtype=object)), np.array([-4, -4]), np.array([-4, 16]))
 
     a, b = masks([0, 1, 2, 3])
     for order in ([3, 2, 1, 0], [1, 3, 0, 2]):
@@ -513,6 +517,30 @@ def test_shards_are_cut_by_count_and_by_bytes(tmp_path):
                 texts |= {m.name: tar.extractfile(m).read() for m in tar if m.name.endswith(".json")}
         assert texts[f"{keys[0]}.json"] == json.dumps({"i": 0, "note": notes[0]}).encode()  # nothing to pad
         assert any(text.endswith(b" ") for text in texts.values())  # padded ones, which still decoded above
+
+
+def test_reused_chunk_buffers_write_the_same_headers_as_fresh_ones(tmp_path):
+    """A writer rewrites only names, sizes and checksums in a reused buffer; after a chunk of names too long for
+    ustar's name field (the prefix field then holds their folders), short names must not inherit them."""
+    from xenium_assets.patches.shards import TileShardWriter, _tar_header
+
+    writer = TileShardWriter(tmp_path)
+    keys = [["s/a", "s/b"], ["x" * 60 + "/" + "y" * 45, "s/c"], ["s/d", "s/e"], ["t/f", "t/g"]]
+    for chunk_keys in keys:
+        chunk = writer.chunk(chunk_keys, [json.dumps({"k": k}).encode() for k in chunk_keys], (4, 4))
+        chunk.dapi[...], chunk.mask[...] = 7, 1
+        writer.write(chunk)
+    (shard,) = writer.close()
+    with tarfile.open(tmp_path / shard) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == [
+            f"{k}.{e}" for ks in keys for k in ks for e in ("dapi.npy", "mask.npy", "json")
+        ]
+        raw = (tmp_path / shard).read_bytes()
+        for m in members:
+            assert raw[m.offset : m.offset + 512] == _tar_header(m.name, m.size)
+            if m.name.endswith(".json"):
+                assert json.loads(tar.extractfile(m).read()) == {"k": m.name[: -len(".json")]}
 
 
 KILLER = textwrap.dedent(

@@ -25,7 +25,7 @@ from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.parallel import dask_runner
 from xenium_assets.patches.dapi_store import read_summary
-from xenium_assets.patches.extract import TileTask, extract_tile, tile_tasks, warm_up
+from xenium_assets.patches.extract import TileTask, extract_tile, largest_first, tile_tasks, warm_up
 from xenium_assets.patches.geometry import CELLS
 from xenium_assets.patches.shards import MAX_SAMPLES_PER_SHARD
 from xenium_assets.progress import LogProgress
@@ -106,7 +106,7 @@ def patch_shards(
         ready = client.run(warm_up)
         context.log.info(f"{len(ready)} dask worker(s) ready in {max(ready.values(), default=0):.1f} s")
         run = dask_runner(client, LogProgress(context.log.info))
-        results = list(run(extract_tile, [{"task": t} for t in tasks], "patch shards"))
+        results = list(run(extract_tile, [{"task": t} for t in largest_first(tasks)], "patch shards"))
     seconds = time.perf_counter() - start
     skipped: Counter = Counter()
     classes: Counter = Counter()

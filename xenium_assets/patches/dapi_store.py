@@ -16,6 +16,7 @@ which the sample's robust percentiles (for normalisation at training time) are c
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,8 +124,9 @@ class ChunkFiles:
             raise ValueError(f"{path}: not a DAPI store as dapi_zarr writes it ({layout}); re-materialize dapi_zarr")
         return cls(path, tuple(meta["shape"]), _CODECS[codec](codecs[-1]["configuration"]))
 
-    def _file(self, row: int, col: int) -> Path:
-        return self.root / "c" / str(row) / str(col)
+    def _file(self, row: int, col: int) -> str:
+        # A string, not a Path: joining Paths cost 70 µs a 16-chunk read.
+        return f"{self.root}/c/{row}/{col}"
 
     def write_block(self, block: Window, data: np.ndarray) -> None:
         """Write ``data`` at ``block``, which starts on a chunk corner (its far sides may end at the image's)."""
@@ -140,28 +142,58 @@ class ChunkFiles:
                 encoded = self.codec.encode(np.ascontiguousarray(part, dtype="<u2"))
                 (folder / str((block.x0 + x) // CHUNK)).write_bytes(encoded)
 
-    def read(self, win: Window) -> np.ndarray:
-        """The pixels of ``win``, 0 where it leaves the image (as ``raster.read_window``)."""
-        out = np.zeros((win.h, win.w), dtype=np.uint16)
+    def _chunks(self, win: Window) -> list[tuple[int, int]]:
+        """(row, col) of the chunks under ``win``, in the image."""
         height, width = self.shape
         y0, x0 = max(win.y0, 0), max(win.x0, 0)
         y1, x1 = min(win.y0 + win.h, height), min(win.x0 + win.w, width)
-        for row in range(y0 // CHUNK, -(-y1 // CHUNK)):
-            for col in range(x0 // CHUNK, -(-x1 // CHUNK)):
-                file = self._file(row, col)
-                try:
-                    raw = file.read_bytes()
-                except FileNotFoundError:
-                    continue
-                try:
-                    chunk = np.frombuffer(self.codec.decode(raw), dtype="<u2").reshape(CHUNK, CHUNK)
-                except (RuntimeError, ValueError) as error:
-                    raise ValueError(f"{file}: not a readable chunk ({error}); re-materialize dapi_zarr") from error
-                cy, cx = row * CHUNK, col * CHUNK
-                ys, ye, xs, xe = max(cy, y0), min(cy + CHUNK, y1), max(cx, x0), min(cx + CHUNK, x1)
-                piece = chunk[ys - cy : ye - cy, xs - cx : xe - cx]
-                out[ys - win.y0 : ye - win.y0, xs - win.x0 : xe - win.x0] = piece
+        return [(r, c) for r in range(y0 // CHUNK, -(-y1 // CHUNK)) for c in range(x0 // CHUNK, -(-x1 // CHUNK))]
+
+    def _decode(self, row: int, col: int) -> np.ndarray | None:
+        """One chunk's pixels; None for a chunk zarr skipped as empty (all fill value, 0)."""
+        file = self._file(row, col)
+        try:
+            with open(file, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            return np.frombuffer(self.codec.decode(raw), dtype="<u2").reshape(CHUNK, CHUNK)
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"{file}: not a readable chunk ({error}); re-materialize dapi_zarr") from error
+
+    def read(self, win: Window, decoded: dict | None = None) -> np.ndarray:
+        """The pixels of ``win``, 0 where it leaves the image (as ``raster.read_window``). ``decoded``: chunks
+        already decoded, by (row, col), taken from and added to."""
+        out = np.zeros((win.h, win.w), dtype=np.uint16)
+        height, width = self.shape
+        for row, col in self._chunks(win):
+            if decoded is not None and (row, col) in decoded:
+                chunk = decoded[row, col]
+            else:
+                chunk = self._decode(row, col)
+                if decoded is not None:
+                    decoded[row, col] = chunk
+            if chunk is None:
+                continue
+            cy, cx = row * CHUNK, col * CHUNK
+            ys, ye = max(cy, win.y0, 0), min(cy + CHUNK, win.y0 + win.h, height)
+            xs, xe = max(cx, win.x0, 0), min(cx + CHUNK, win.x0 + win.w, width)
+            out[ys - win.y0 : ye - win.y0, xs - win.x0 : xe - win.x0] = chunk[ys - cy : ye - cy, xs - cx : xe - cx]
         return out
+
+    def read_windows(self, windows: list[Window]) -> Iterator[np.ndarray]:
+        """The pixels of each window in turn, each chunk decoded once: it is kept from the first window that needs
+        it to the last. A tile's blocks with their halos overlap by a chunk row or column: 2,500 chunk reads of
+        the 20k² benchmark against 3,844 window by window, for about 8 MB more per worker there."""
+        needed = [self._chunks(win) for win in windows]
+        last = {key: i for i, keys in enumerate(needed) for key in keys}
+        decoded: dict = {}
+        for i, win in enumerate(windows):
+            yield self.read(win, decoded)
+            for key in needed[i]:
+                if last[key] == i:
+                    del decoded[key]
 
 
 def blocks(shape: tuple[int, int]) -> list[Window]:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xenium_assets.patches import shards
@@ -48,35 +50,54 @@ SKIP_ORDER = ("off_image", "invalid_id", "invalid_polygon", "no_cell_boundary", 
 def plan_cells(
     cells: pd.DataFrame, labels: pd.DataFrame, problems: pd.DataFrame, shape: tuple[int, int]
 ) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
-    """Eligible cells (with their label columns, sorted by cell id) and skipped cells per tile by reason.
+    """Eligible cells (with their label columns, sorted by tile, then cell id) and skipped cells per tile by reason.
 
     ``cells``: the geometry table (cell_id, tile, centre, areas, n_nuclei); ``labels``: this sample's
     rows of the label table; ``problems``: raw_bundle's invalid cells (cell_id, reason).
+    Reasons are small integers until the counts, and the sort is arrow's: with the same rules on strings (object
+    comparisons, pandas' sort of object ids, a value count per tile) ``tile_tasks`` took 0.49-0.58 s for a
+    100,000-cell sample, now 0.32-0.36 s, all of it while the workers wait.
     """
     frame = cells.merge(labels, on="cell_id", how="left")
-    reason = pd.Series("", index=frame.index, dtype=object)
-    raw = problems.assign(reason=problems["reason"].map(RAW_REASONS).fillna("invalid_polygon"))
-    raw_reason = raw.groupby("cell_id")["reason"].agg(lambda r: min(r, key=SKIP_ORDER.index))
-    from_raw = frame["cell_id"].map(raw_reason)
+    none = len(SKIP_ORDER)
+    raw = problems["reason"].map(RAW_REASONS).fillna("invalid_polygon").map(SKIP_ORDER.index)
+    raw_code = raw.groupby(problems["cell_id"].to_numpy()).min()
+    from_raw = frame["cell_id"].map(raw_code).fillna(none).to_numpy(dtype=np.int64)
     height, width = shape
-    off = ~((frame["row_px"] >= 0) & (frame["row_px"] < height) & (frame["col_px"] >= 0) & (frame["col_px"] < width))
+    row, col = frame["row_px"].to_numpy(), frame["col_px"].to_numpy()
+    off = ~((row >= 0) & (row < height) & (col >= 0) & (col < width))
+    code = np.full(len(frame), none, dtype=np.int64)
     for name, mask in (
-        ("off_image", off | (from_raw == "off_image")),
-        ("invalid_id", from_raw == "invalid_id"),
-        ("invalid_polygon", from_raw == "invalid_polygon"),
-        ("no_cell_boundary", (from_raw == "no_cell_boundary") | (frame["cell_area_um2"] <= 0)),
-        ("no_nucleus", frame["n_nuclei"] == 0),
-        ("no_label", frame["label"].isna() | (from_raw == "no_label")),
+        ("off_image", off),
+        ("no_cell_boundary", frame["cell_area_um2"].to_numpy() <= 0),
+        ("no_nucleus", frame["n_nuclei"].to_numpy() == 0),
+        ("no_label", frame["label"].isna().to_numpy()),
     ):
-        reason[(reason == "") & mask.to_numpy()] = name
-    excluded = frame["excluded_reason"].fillna("")
-    reason[(reason == "") & (excluded != "")] = "excluded_" + excluded[(reason == "") & (excluded != "")]
-    frame["skip"] = reason
-    skipped = {
-        tile: group.loc[group["skip"] != "", "skip"].value_counts().to_dict() for tile, group in frame.groupby("tile")
-    }
-    eligible = frame[frame["skip"] == ""].drop(columns=["skip", "excluded_reason"])
-    return eligible.sort_values("cell_id").reset_index(drop=True), skipped
+        code[mask] = np.minimum(code[mask], SKIP_ORDER.index(name))
+    code = np.minimum(code, from_raw)
+    reason = np.asarray(SKIP_ORDER + ("",), dtype=object)[code]
+    excluded = frame.pop("excluded_reason").fillna("").to_numpy(dtype=object)
+    later = (code == none) & (excluded != "")
+    reason[later] = "excluded_" + excluded[later]
+    skip = reason != ""
+    counts = pd.DataFrame({"tile": frame["tile"].to_numpy()[skip], "reason": reason[skip]}).value_counts()
+    skipped: dict[str, dict[str, int]] = {}
+    for (tile, why), n in counts.items():
+        skipped.setdefault(tile, {})[why] = int(n)
+    keep = np.flatnonzero(~skip)
+    order = pc.sort_indices(
+        pa.table({"tile": frame["tile"].to_numpy()[keep], "cell_id": frame["cell_id"].to_numpy()[keep]}),
+        sort_keys=[("tile", "ascending"), ("cell_id", "ascending")],
+    )
+    return frame.take(keep[order.to_numpy()]).reset_index(drop=True), skipped
+
+
+def _by_tile(eligible: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each tile's rows of ``plan_cells``' table (sorted by tile): slices, not a group-by."""
+    tiles = eligible["tile"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, tiles[1:] != tiles[:-1]]) if len(tiles) else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], len(tiles)]
+    return {tiles[a]: eligible.iloc[a:b] for a, b in zip(starts, ends, strict=True)}
 
 
 @dataclass
@@ -124,7 +145,7 @@ def tile_tasks(
         )
     cells = pq.read_table(Path(geometry_dir) / CELLS).to_pandas()
     eligible, skipped = plan_cells(cells, labels.drop(columns=["sample"], errors="ignore"), problems, store.shape)
-    by_tile = dict(tuple(eligible.groupby("tile")))
+    by_tile = _by_tile(eligible)
     return [
         TileTask(
             sample=sample,
@@ -143,6 +164,12 @@ def tile_tasks(
         )
         for tile in tiles
     ]
+
+
+def largest_first(tasks: list[TileTask]) -> list[TileTask]:
+    """The tasks in the order to submit them, most cells first: the last to start are the shortest, so the workers
+    finish nearly together instead of one finishing a large tile alone."""
+    return sorted(tasks, key=lambda task: -len(task.cells))
 
 
 def crop(array: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.ndarray:
@@ -218,11 +245,16 @@ class PatchMasks:
         key = np.unique(windows * len(self.starts) + ring)  # sorted by window, duplicates dropped
         return key // max(len(self.starts), 1), key % max(len(self.starts), 1)
 
+    def owners(self, cell_ids: np.ndarray) -> np.ndarray:
+        """The polygon owner code of each cell id (-1: no polygon in the tile), what ``__call__`` takes: found once
+        for a tile's cells, as a lookup of object ids per chunk of cells cost 7 µs a cell."""
+        return self.codes.get_indexer(cell_ids)
+
     def __call__(
-        self, cell_ids: np.ndarray, top: np.ndarray, left: np.ndarray, out: np.ndarray | None = None
+        self, codes: np.ndarray, top: np.ndarray, left: np.ndarray, out: np.ndarray | None = None
     ) -> np.ndarray:
-        """(n, size, size) uint8 masks (into ``out`` if given) of the windows at ``top``, ``left`` of the cells
-        ``cell_ids``.
+        """(n, size, size) uint8 masks (into ``out`` if given) of the windows at ``top``, ``left`` of the cells whose
+        ``owners`` codes are ``codes``.
 
         Nucleus: in the cell's nuclei and in no other cell's. Perinuclear: inside the cell's outline and in no
         nucleus at all, so a neighbour's nucleus never enters the masks. Where two outlines overlap outside
@@ -233,7 +265,6 @@ class PatchMasks:
 
         size = self.size
         top, left = np.asarray(top, dtype=np.int64), np.asarray(left, dtype=np.int64)
-        codes = self.codes.get_indexer(cell_ids)
         window, ring = self._pairs(codes, top, left)
         own = self.owner[ring] == codes[window]
         weight = np.where(own, np.where(self.is_nucleus[ring], _OWN_NUCLEUS, _OWN_CELL), _OTHER_NUCLEUS)
@@ -331,7 +362,7 @@ def extract_tile(task: TileTask) -> dict:
     size, half = task.spec.size_px, task.spec.halo_px
     cells = task.cells
     masks = PatchMasks(read_tile_rings(Path(task.geometry_dir), task.tile), size)
-    cell_ids = cells["cell_id"].to_numpy(dtype=object)
+    owners = masks.owners(cells["cell_id"].to_numpy(dtype=object))
     image = ChunkFiles.open(task.store)
     height, width = task.shape
     row_px, col_px = cells["row_px"].to_numpy(), cells["col_px"].to_numpy()
@@ -346,24 +377,23 @@ def extract_tile(task: TileTask) -> dict:
     examples: dict[str, list] = {}
     writer = shards.TileShardWriter(out, max_count=task.max_per_shard)
     try:
-        tile = tile_window(task.tile, height, width)
-        for block in tile.split(BLOCK_PX):
+        blocks = []
+        for block in tile_window(task.tile, height, width).split(BLOCK_PX):
             pick = np.flatnonzero(
                 (row_px >= block.y0)
                 & (row_px < block.y0 + block.h)
                 & (col_px >= block.x0)
                 & (col_px < block.x0 + block.w)
             )
-            if not len(pick):
-                continue
-            region = block.pad(half)
-            pixels = image.read(region)
+            if len(pick):
+                blocks.append((block.pad(half), pick))
+        for (region, pick), pixels in zip(blocks, image.read_windows([r for r, _ in blocks]), strict=True):
             # Crops are made CHUNK_CELLS at a time: a block's worth at once would grow with cell density.
             for first in range(0, len(pick), CHUNK_CELLS):
                 chunk = pick[first : first + CHUNK_CELLS]
                 samples = writer.chunk([keys[i] for i in chunk], [metas[i] for i in chunk], (size, size))
                 samples.dapi[...] = crop(pixels, top[chunk] - region.y0, left[chunk] - region.x0, size)
-                masks(cell_ids[chunk], top[chunk], left[chunk], out=samples.mask)
+                masks(owners[chunk], top[chunk], left[chunk], out=samples.mask)
                 shard_of[chunk] = writer.write(samples)
                 for j, i in enumerate(chunk if wanted else ()):  # until every class has its examples
                     if wanted.get(cell_labels[i], 0) > 0:

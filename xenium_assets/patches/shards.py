@@ -8,10 +8,12 @@ re-run first clears leftovers and afterwards removes shards the new index no lon
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +156,53 @@ def _write(file, data: memoryview) -> None:
     file.write(data)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where everything sits in a sample's bytes, for one patch shape and JSON slot (see SampleChunk)."""
+
+    width: int
+    template: np.ndarray
+    """One sample with blank names and checksums: tar headers (sizes set, but the JSON's), .npy headers."""
+    headers: tuple[int, int, int]
+    """Offsets of the DAPI, mask and JSON tar headers."""
+    suffixes: tuple[bytes, bytes, bytes]
+    arrays: tuple[tuple[int, np.dtype], tuple[int, np.dtype]]
+    """Offset and dtype of the DAPI and mask pixels."""
+    sizes: tuple[int, int]
+    """Member sizes of the DAPI and mask .npy."""
+    sums: tuple[int, int, int]
+    """Byte sums of the three header templates, checksum field as spaces."""
+
+
+@functools.lru_cache(maxsize=8)
+def _layout(shape: tuple[int, int], slot: int) -> _Layout:
+    h, w = shape
+    template, headers, arrays, sizes = [], [], [], []
+    at = 0
+    for dtype in (np.dtype(np.uint16), np.dtype(np.uint8)):
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": dtype.str, "fortran_order": False, "shape": (h, w)})
+        size = len(buf.getvalue()) + h * w * dtype.itemsize
+        member = np.zeros(512 + _padded(size), dtype=np.uint8)
+        member[:512] = np.frombuffer(_tar_header("", size), np.uint8)
+        member[512 : 512 + len(buf.getvalue())] = np.frombuffer(buf.getvalue(), np.uint8)
+        template.append(member)
+        headers.append(at)
+        arrays.append((at + 512 + len(buf.getvalue()), dtype))
+        sizes.append(size)
+        at += len(member)
+    template.append(np.zeros(512 + slot, dtype=np.uint8))
+    template[-1][:512] = np.frombuffer(_tar_header("", 0), np.uint8)
+    headers.append(at)
+    row = np.concatenate(template)
+    for h0 in headers:
+        row[h0 + 148 : h0 + 156] = ord(" ")  # a checksum is summed over its own field as spaces
+    sums = tuple(int(row[at : at + 512].sum()) for at in headers)
+    return _Layout(
+        len(row), row, tuple(headers), (b".dapi.npy", b".mask.npy", b".json"), tuple(arrays), tuple(sizes), sums
+    )
+
+
 class SampleChunk:
     """The tar bytes of a chunk of samples: per sample, the header and .npy of the DAPI patch (uint16) and of the
     mask (uint8), then the header and bytes of its JSON. ``dapi`` and ``mask`` are views into it, to be filled.
@@ -161,8 +210,9 @@ class SampleChunk:
     Every sample takes the same bytes, so the chunk is one contiguous buffer (one write, where a write per
     JSON and array took 20 µs a sample in Python): a JSON shorter than the chunk's longest by a 512-byte tar
     block or more is padded with spaces, which JSON ignores. ``spare``: an earlier chunk's ``buffer`` to reuse if
-    large enough. Only headers, arrays and JSON are written into it, each in full, so the tar padding between
-    them stays zero from the buffer's allocation.
+    it has the same layout, where only names, JSON sizes, checksums and JSON are written (1.6 against 5.1 µs a
+    sample with every header built afresh). Arrays and JSON are written in full, so the tar padding between them
+    stays as the template left it, zero.
     """
 
     def __init__(
@@ -172,31 +222,34 @@ class SampleChunk:
         self.keys = keys
         lengths = np.array([len(j) for j in jsons], dtype=np.int64)
         slot = _padded(int(lengths.max())) if n else 512
+        layout = _layout((h, w), slot)
+        if spare is None or spare.shape[1] != layout.width or len(spare) < n:
+            spare = np.tile(layout.template, (max(n, 1), 1))
+        self.buffer, self.rows = spare, spare[:n]
+        rows = self.rows
         # A JSON whose tar blocks are fewer than the slot's is padded to fill them.
         sizes = np.where(lengths + (-lengths % 512) == slot, lengths, slot)
-        parts = []
-        for ext, dtype in (("dapi.npy", np.uint16), ("mask.npy", np.uint8)):
-            buf = io.BytesIO()
-            np.lib.format.write_array_header_1_0(
-                buf, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (h, w)}
-            )
-            npy_header = np.frombuffer(buf.getvalue(), np.uint8)
-            parts.append((ext, dtype, npy_header, len(npy_header) + h * w * np.dtype(dtype).itemsize))
-        width = sum(512 + _padded(size) for *_, size in parts) + 512 + slot
-        if spare is None or spare.shape[1] != width or len(spare) < n:
-            spare = np.zeros((n, width), dtype=np.uint8)
-        self.buffer, self.rows = spare, spare[:n]
-        views = []
-        at = 0
-        for ext, dtype, npy_header, size in parts:
-            self.rows[:, at : at + 512] = tar_headers([f"{k}.{ext}" for k in keys], np.full(n, size))
-            start = at + 512 + len(npy_header)
-            self.rows[:, at + 512 : start] = npy_header
-            views.append(self.rows[:, start : start + h * w * np.dtype(dtype).itemsize].view(dtype).reshape(n, h, w))
-            at += 512 + _padded(size)
-        self.dapi, self.mask = views
-        self.rows[:, at : at + 512] = tar_headers([f"{k}.json" for k in keys], sizes)
-        text = self.rows[:, at + 512 :]
+        encoded = [k.encode() for k in keys]
+        if n and max(map(len, encoded)) > 100 - max(map(len, layout.suffixes)):  # ustar's prefix field: one by one
+            for at, suffix, size in zip(layout.headers, layout.suffixes, (*layout.sizes, sizes), strict=True):
+                rows[:, at : at + 512] = tar_headers([(k + suffix).decode() for k in encoded], np.broadcast_to(size, n))
+            self.buffer = None  # its prefix fields are no longer the template's: not reused
+        else:
+            # A header's checksum: its template's sum, plus its name's bytes and, for the JSON, its size digits'
+            # excess over the template's zeros.
+            digits = _octal(sizes, 11)
+            rows[:, layout.headers[2] + 124 : layout.headers[2] + 135] = digits
+            extra = (0, 0, digits.sum(axis=1, dtype=np.int64) - 11 * ord("0"))
+            for at, suffix, base, more in zip(layout.headers, layout.suffixes, layout.sums, extra, strict=True):
+                names = np.array([k + suffix for k in encoded], dtype="S100").view(np.uint8).reshape(n, 100)
+                rows[:, at : at + 100] = names
+                rows[:, at + 148 : at + 154] = _octal(base + names.sum(axis=1, dtype=np.int64) + more, 6)
+                rows[:, at + 154] = 0
+        self.dapi, self.mask = (
+            rows[:, start : start + h * w * dtype.itemsize].view(dtype).reshape(n, h, w)
+            for start, dtype in layout.arrays
+        )
+        text = rows[:, layout.headers[2] + 512 :]
         text[...] = np.array(jsons, dtype=f"S{slot}").view(np.uint8).reshape(n, slot)
         if (sizes != lengths).any():
             text[(sizes != lengths)[:, None] & (np.arange(slot) >= lengths[:, None])] = ord(" ")
@@ -204,7 +257,9 @@ class SampleChunk:
 
 def finish_tile(folder: Path, index: pd.DataFrame, summary: dict, metadata: dict[str, str]) -> None:
     """Write index.parquet (with ``metadata`` in its schema) and summary.json, then drop stale shards."""
-    table = pa.Table.from_pandas(index, preserve_index=False)
+    # Column by column, not Table.from_pandas (4.4 against 0.5 ms a tile): the pandas metadata it adds is
+    # replaced by ``metadata`` anyway.
+    table = pa.table({name: index[name].to_numpy() for name in index.columns})
     table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
     with atomic_file(folder / INDEX) as tmp:
         pq.write_table(table, tmp)
