@@ -519,6 +519,22 @@ def test_shards_are_cut_by_count_and_by_bytes(tmp_path):
         assert any(text.endswith(b" ") for text in texts.values())  # padded ones, which still decoded above
 
 
+def test_tile_polygon_files_of_an_older_tile_geometry_or_cut_short_get_a_clear_error(tmp_path):
+    """Tiles' polygons are Arrow IPC files now: an older tile_geometry's Parquet file, or a file cut short, names
+    itself and the fix instead of reading as a tile without polygons."""
+    from xenium_assets.patches.geometry import TILES_DIR, read_tile_rings
+
+    tiles = tmp_path / TILES_DIR
+    tiles.mkdir()
+    (tiles / "r0c0.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match=r"r0c0\.parquet: an older tile_geometry's file; re-materialize tile_geometry"):
+        read_tile_rings(tmp_path, "r0c0")
+    (tiles / "r0c1.arrow").write_bytes(b"ARROW1\0\0cut")
+    with pytest.raises(ValueError, match=r"r0c1\.arrow: not readable .*re-materialize tile_geometry"):
+        read_tile_rings(tmp_path, "r0c1")
+    assert len(read_tile_rings(tmp_path, "r0c2").ids) == 0  # no file: a tile without polygons
+
+
 def test_reused_chunk_buffers_write_the_same_headers_as_fresh_ones(tmp_path):
     """A writer rewrites only names, sizes and checksums in a reused buffer; after a chunk of names too long for
     ustar's name field (the prefix field then holds their folders), short names must not inherit them."""
