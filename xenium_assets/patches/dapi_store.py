@@ -186,7 +186,7 @@ class ChunkFiles:
         """The pixels of each window in turn, each chunk decoded once: it is kept from the first window that needs
         it to the last. A tile's blocks with their halos overlap by a chunk row or column: 2,500 chunk reads of
         the 20k² benchmark against 3,844 window by window. It holds up to about 10 MB of decoded chunks there, yet
-        the workers' peak did not rise (312-313 against 315-316 MB, other runs)."""
+        the workers' peak did not rise (312-315 against 315-316 MB, other runs)."""
         needed = [self._chunks(win) for win in windows]
         last = {key: i for i, keys in enumerate(needed) for key in keys}
         decoded: dict = {}
