@@ -536,8 +536,8 @@ def test_tile_polygon_files_of_an_older_tile_geometry_or_cut_short_get_a_clear_e
 
 
 def test_reused_chunk_buffers_write_the_same_headers_as_fresh_ones(tmp_path):
-    """A writer rewrites only names, sizes and checksums in a reused buffer; after a chunk of names too long for
-    ustar's name field (the prefix field then holds their folders), short names must not inherit them."""
+    """A writer reuses a chunk's buffer for the next; after a chunk of names too long for ustar's name field (the
+    prefix field then holds their folders), short names must not inherit them."""
     from xenium_assets.patches.shards import TileShardWriter, _tar_header
 
     writer = TileShardWriter(tmp_path)
