@@ -559,6 +559,88 @@ def test_reused_chunk_buffers_write_the_same_headers_as_fresh_ones(tmp_path):
                 assert json.loads(tar.extractfile(m).read()) == {"k": m.name[: -len(".json")]}
 
 
+def _write_two_chunks(folder: Path, monkeypatch) -> tuple[bytes, list[int]]:
+    """The bytes of a one-shard tile of two chunks, and the open tar's file flags at each chunk's write."""
+    import fcntl
+
+    from xenium_assets.patches import shards
+
+    flags, write = [], shards._write
+
+    def recording(fd, data):
+        flags.append(fcntl.fcntl(fd, fcntl.F_GETFL))
+        write(fd, data)
+
+    monkeypatch.setattr(shards, "_write", recording)
+    writer = shards.TileShardWriter(folder)
+    for first in (0, 3):
+        keys = [f"s/c{i}" for i in range(first, first + 3)]
+        chunk = writer.chunk(keys, [json.dumps({"k": k}).encode() for k in keys], (16, 16))
+        chunk.dapi[...] = np.arange(256, dtype=np.uint16).reshape(16, 16) + first
+        chunk.mask[...] = first
+        writer.write(chunk)
+    (shard,) = writer.close()
+    monkeypatch.setattr(shards, "_write", write)
+    return (folder / shard).read_bytes(), flags
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "O_DIRECT"), reason="O_DIRECT is Linux's")
+def test_shards_bypass_the_page_cache_and_fall_back_to_plain_writes_of_the_same_bytes(tmp_path, monkeypatch):
+    """Direct writes on a disk filesystem; for a buffer direct I/O refuses (not block-aligned: as on a filesystem
+    with larger blocks), plain writes of the same bytes."""
+    import os
+
+    from xenium_assets.patches import shards
+
+    try:
+        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError:
+        pytest.skip(f"{tmp_path}'s filesystem refuses O_DIRECT")
+    direct, flags = _write_two_chunks(tmp_path / "disk", monkeypatch)
+    assert len(flags) == 2 and all(f & os.O_DIRECT for f in flags)
+    samples = list(wds.WebDataset(str(next((tmp_path / "disk").glob("shard-*.tar"))), shardshuffle=False).decode())
+    assert [s["__key__"] for s in samples] == [f"s/c{i}" for i in range(6)]
+    np.testing.assert_array_equal(samples[4]["dapi.npy"], np.arange(256).reshape(16, 16) + 3)
+
+    def unaligned(n: int, alignment: int = 4096) -> np.ndarray:
+        return np.zeros(n + 1, dtype=np.uint8)[1:]  # one byte off any block: direct I/O refuses it (EINVAL)
+
+    monkeypatch.setattr(shards, "aligned_bytes", unaligned)
+    fallen_back, flags = _write_two_chunks(tmp_path / "unaligned", monkeypatch)
+    assert flags[0] & os.O_DIRECT and not flags[1] & os.O_DIRECT and fallen_back == direct
+
+
+def test_a_failed_shard_write_is_raised_with_its_file_and_publishes_nothing(tmp_path, monkeypatch):
+    """The writer thread's error (here a full disk on the second chunk) reaches the caller with the tar's name, and
+    no later write runs: the tar keeps its temporary name."""
+    import errno
+    import os
+
+    from xenium_assets.patches import shards
+
+    calls, write = [], shards._write
+
+    def full_disk(fd, data):
+        calls.append(len(data))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(fd, data)
+
+    monkeypatch.setattr(shards, "_write", full_disk)
+    writer = shards.TileShardWriter(tmp_path)
+    with pytest.raises(OSError, match=r"No space left on device: '.*/\.shard-00000\.tar\.partial-"):
+        try:  # as extract_tile does
+            for first in range(0, 12, 3):
+                keys = [f"s/c{i}" for i in range(first, first + 3)]
+                chunk = writer.chunk(keys, [b"{}"] * 3, (4, 4))
+                chunk.dapi[...], chunk.mask[...] = 1, 1
+                writer.write(chunk)
+        finally:
+            writer.close()
+    assert len(calls) == 2 and writer._fd is None
+    assert not list(tmp_path.glob("shard-*.tar")) and list(tmp_path.glob(".shard-*"))
+
+
 KILLER = textwrap.dedent(
     """
     import os, pickle, signal, sys
@@ -566,13 +648,12 @@ KILLER = textwrap.dedent(
     from xenium_assets.patches.extract import extract_tile
     task = pickle.load(open(sys.argv[1], "rb"))
     original, calls = shards._write, []
-    def write(file, data):
+    def write(fd, data):
         calls.append(1)
         if len(calls) == 3:  # the third shard's samples: write half of their bytes, then die
-            original(file, data[: len(data) // 2])
-            file.flush()
+            original(fd, data[: len(data) // 1024 * 512])
             os.kill(os.getpid(), signal.SIGKILL)  # mid-tile, mid-shard: no cleanup code runs
-        original(file, data)
+        original(fd, data)
     shards._write = write
     extract_tile(task)
     """
