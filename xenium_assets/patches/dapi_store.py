@@ -16,7 +16,6 @@ which the sample's robust percentiles (for normalisation at training time) are c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -162,18 +161,18 @@ class ChunkFiles:
         except (RuntimeError, ValueError) as error:
             raise ValueError(f"{file}: not a readable chunk ({error}); re-materialize dapi_zarr") from error
 
-    def read(self, win: Window, decoded: dict | None = None) -> np.ndarray:
-        """The pixels of ``win``, 0 where it leaves the image (as ``raster.read_window``). ``decoded``: chunks
-        already decoded, by (row, col), taken from and added to."""
+    def read(self, win: Window) -> np.ndarray:
+        """The pixels of ``win``, 0 where it leaves the image (as ``raster.read_window``), each chunk decoded and
+        copied in turn.
+
+        Nothing is kept between windows: a tile's blocks with their halos overlap by a chunk row or column, and
+        keeping the chunks a later block needs saved 1,344 of the 20k² benchmark's 3,844 chunk decodes (about
+        0.5 CPU-s of 0.35 ms each), but held up to 7 MB on its tiles of four blocks and none on the 10k² slide's of
+        one: the most of a worker's growth with the slide's size (one process, the largest tile, tracemalloc)."""
         out = np.zeros((win.h, win.w), dtype=np.uint16)
         height, width = self.shape
         for row, col in self._chunks(win):
-            if decoded is not None and (row, col) in decoded:
-                chunk = decoded[row, col]
-            else:
-                chunk = self._decode(row, col)
-                if decoded is not None:
-                    decoded[row, col] = chunk
+            chunk = self._decode(row, col)
             if chunk is None:
                 continue
             cy, cx = row * CHUNK, col * CHUNK
@@ -181,20 +180,6 @@ class ChunkFiles:
             xs, xe = max(cx, win.x0, 0), min(cx + CHUNK, win.x0 + win.w, width)
             out[ys - win.y0 : ye - win.y0, xs - win.x0 : xe - win.x0] = chunk[ys - cy : ye - cy, xs - cx : xe - cx]
         return out
-
-    def read_windows(self, windows: list[Window]) -> Iterator[np.ndarray]:
-        """The pixels of each window in turn, each chunk decoded once: it is kept from the first window that needs
-        it to the last. A tile's blocks with their halos overlap by a chunk row or column: 2,500 chunk reads of
-        the 20k² benchmark against 3,844 window by window. It holds up to about 10 MB of decoded chunks there, yet
-        the workers' peak did not rise (312-315 against 315-316 MB, other runs)."""
-        needed = [self._chunks(win) for win in windows]
-        last = {key: i for i, keys in enumerate(needed) for key in keys}
-        decoded: dict = {}
-        for i, win in enumerate(windows):
-            yield self.read(win, decoded)
-            for key in needed[i]:
-                if last[key] == i:
-                    del decoded[key]
 
 
 def blocks(shape: tuple[int, int]) -> list[Window]:

@@ -377,7 +377,6 @@ def extract_tile(task: TileTask) -> dict:
     examples: dict[str, list] = {}
     writer = shards.TileShardWriter(out, max_count=task.max_per_shard)
     try:
-        blocks = []
         for block in tile_window(task.tile, height, width).split(BLOCK_PX):
             pick = np.flatnonzero(
                 (row_px >= block.y0)
@@ -385,9 +384,10 @@ def extract_tile(task: TileTask) -> dict:
                 & (col_px >= block.x0)
                 & (col_px < block.x0 + block.w)
             )
-            if len(pick):
-                blocks.append((block.pad(half), pick))
-        for (region, pick), pixels in zip(blocks, image.read_windows([r for r, _ in blocks]), strict=True):
+            if not len(pick):
+                continue
+            region = block.pad(half)
+            pixels = image.read(region)
             # Crops are made CHUNK_CELLS at a time: a block's worth at once would grow with cell density.
             for first in range(0, len(pick), CHUNK_CELLS):
                 chunk = pick[first : first + CHUNK_CELLS]
