@@ -168,7 +168,7 @@ class ChunkFiles:
         Nothing is kept between windows: a tile's blocks with their halos overlap by a chunk row or column, and
         keeping the chunks a later block needs saved 1,344 of the 20k² benchmark's 3,844 chunk decodes (about
         0.5 CPU-s of 0.35 ms each), but held up to 7 MB on its tiles of four blocks and none on the 10k² slide's of
-        one: the most of a worker's growth with the slide's size (one process, the largest tile, tracemalloc)."""
+        one: most of a worker's growth with the slide's size (one process, the largest tile, tracemalloc)."""
         out = np.zeros((win.h, win.w), dtype=np.uint16)
         height, width = self.shape
         for row, col in self._chunks(win):
