@@ -112,7 +112,6 @@ class TileShardWriter:
         self.max_count, self.max_bytes = max_count, max_bytes
         self.shards: list[str] = []
         self._count = self._bytes = 0
-        self._opened = False
         # Two chunk buffers in turn: one being filled while the other's bytes are written.
         self._buffers: list[np.ndarray | None] = [None, None]
         self._written: list[Future | None] = [None, None]
@@ -146,9 +145,9 @@ class TileShardWriter:
         first = 0
         while first < len(rows):
             opening = None
-            if not self._opened or self._count >= self.max_count or self._bytes >= self.max_bytes:
+            if not self.shards or self._count >= self.max_count or self._bytes >= self.max_bytes:
                 self.shards.append(opening := SHARD_PATTERN % len(self.shards))
-                self._opened, self._count, self._bytes = True, 0, 0
+                self._count = self._bytes = 0
             # As many samples as the shard takes: up to the count, and up to the one that reaches the bytes.
             reach = int(-(-(self.max_bytes - self._bytes) // rows.shape[1]))
             n = min(len(rows) - first, self.max_count - self._count, max(reach, 1))
