@@ -241,14 +241,22 @@ def bench_patches(
                 image = tif.pages[ifd].asarray(maxworkers=workers)
             return time.perf_counter() - t, image
 
-        # One worker just before the floor and the extraction it is compared with, not minutes later: the machine's
-        # speed drifts during a run, and a ratio of runs far apart carries the drift.
-        one = _extract(big, work / "one", 1)
+        def one_worker() -> float:
+            seconds = _extract(big, work / "one", 1)["total_seconds"]
+            shutil.rmtree(work / "one")
+            return seconds
+
+        # One worker just before the floor and the extraction they are compared with, and once more just after: the
+        # machine's speed drifts during a run, and the mean of two runs around the extraction cancels a steady drift,
+        # as the floor's two decodes do.
+        one_before = one_worker()
         floor_before, _ = decode_floor()
         ours = _extract(big, work / "big", workers)
         manifest = ours.pop("manifest")
         floor_after, image = decode_floor()
+        one_after = one_worker()
         floor = (floor_before + floor_after) / 2
+        one = (one_before + one_after) / 2
         # The alternative to transcoding: read each tile plus its halo straight from the JPEG-2000 TIFF.
         halo = grid.PatchSpec().halo_px
         windows = [grid.tile_window(k, size, size).pad(halo) for k in grid.TILE_KEYS]
@@ -302,8 +310,10 @@ def bench_patches(
             "imagetiles_ms_per_cell": round(tiles_per_cell * 1e3, 2),
             "imagetiles_projected_seconds": round(tiles_projected, 1),
             "imagetiles_vs_extraction": round(tiles_projected / ours["total_seconds"], 1),
-            "one_worker_seconds": round(one["total_seconds"], 1),
-            "speedup_vs_one_worker": round(one["total_seconds"] / ours["total_seconds"], 2),
+            "one_worker_seconds": round(one, 1),
+            "one_worker_before_seconds": round(one_before, 1),
+            "one_worker_after_seconds": round(one_after, 1),
+            "speedup_vs_one_worker": round(one / ours["total_seconds"], 2),
             "peak_worker_rss_mb": round(ours["peak_worker_rss_mb"]),
             f"peak_worker_rss_mb_{small_size}px": round(small_run["peak_worker_rss_mb"]),
             **{

@@ -340,7 +340,7 @@ def test_sample_json_is_what_json_dumps_writes(extracted):
         ).encode()
         for c, t, l_, e in zip(cells.itertuples(), top, left, edge, strict=True)
     ]
-    assert _metadata(task, top, left, edge) == expected
+    assert _metadata(task, task.cells, top, left, edge) == expected
 
 
 def test_overlaps_are_drawn_by_layer_and_place_never_by_table_order():
@@ -437,7 +437,7 @@ def test_patch_masks_give_shared_pixels_to_no_nucleus_and_to_both_outlines():
     def masks(order):
         keys = [list(polygons)[k] for k in order]
         rings = [shapely.get_coordinates(polygons[k].exterior) for k in keys]
-        tile = TileRings(
+        tile = TileRings.from_ids(
             ids=np.array([k[0] for k in keys], dtype=object),
             kinds=np.array([k[1] for k in keys], dtype=object),
             x=np.concatenate([r[:, 0] for r in rings]),

@@ -190,14 +190,12 @@ class PatchMasks:
 
     def __init__(self, rings: TileRings, size: int) -> None:
         self.rings, self.size = rings, size
-        self.codes = pd.Index(pd.unique(rings.ids))
-        self.owner = self.codes.get_indexer(rings.ids)
-        self.is_nucleus = rings.kinds == "nucleus"
+        self.owner, self.is_nucleus = rings.owner, rings.nucleus
         starts = rings.offsets[:-1]
         self.starts, self.lengths = starts, np.diff(rings.offsets)
         # Rings by owner: owner k's are by_owner[owner_start[k]:owner_start[k + 1]].
         self.by_owner = np.argsort(self.owner, kind="stable")
-        self.owner_start = np.searchsorted(self.owner[self.by_owner], np.arange(len(self.codes) + 1))
+        self.owner_start = np.searchsorted(self.owner[self.by_owner], np.arange(len(rings.cell_ids) + 1))
         nuclei = np.flatnonzero(self.is_nucleus)
         if len(nuclei):
             x0, y0 = (np.minimum.reduceat(v, starts)[nuclei] for v in (rings.x, rings.y))
@@ -248,7 +246,8 @@ class PatchMasks:
     def owners(self, cell_ids: np.ndarray) -> np.ndarray:
         """The polygon owner code of each cell id (-1: no polygon in the tile), what ``__call__`` takes: found once
         for a tile's cells, as a lookup of object ids per chunk of cells cost 7 µs a cell."""
-        return self.codes.get_indexer(cell_ids)
+        found = pc.index_in(pa.array(np.asarray(cell_ids, dtype=object), pa.string()), value_set=self.rings.cell_ids)
+        return found.fill_null(-1).to_numpy().astype(np.int64)
 
     def __call__(
         self, codes: np.ndarray, top: np.ndarray, left: np.ndarray, out: np.ndarray | None = None
@@ -289,10 +288,9 @@ class PatchMasks:
         return out
 
 
-def _metadata(task: TileTask, top: np.ndarray, left: np.ndarray, edge: np.ndarray) -> list[bytes]:
-    """Every cell's sample JSON, formatted column by column: the same bytes as ``json.dumps`` of a dict
-    per cell, in about 7 µs a cell against 28 µs for building and dumping the dicts."""
-    cells = task.cells
+def _metadata(task: TileTask, cells: pd.DataFrame, top: np.ndarray, left: np.ndarray, edge: np.ndarray) -> list[bytes]:
+    """The sample JSON of ``cells`` (rows of the task's), formatted column by column: the same bytes as
+    ``json.dumps`` of a dict per cell, in about 7 µs a cell against 28 µs for building and dumping the dicts."""
     dumps = json.dumps
 
     def numbers(values: np.ndarray) -> list[str]:
@@ -348,7 +346,7 @@ def warm_up() -> float:
     from xenium_assets.patches.kernels import label_windows
 
     # No windows, but the argument types of a tile's calls: numba compiles (or loads) one version per types.
-    xy, index, weight = np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    xy, index, weight = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
     masks = np.zeros((2, 2, 3), dtype=np.uint8)[:, :, :2]  # strided, as the tar buffer's mask view
     labels = (MASK_PERINUCLEAR, MASK_NUCLEUS)
     label_windows(xy, xy, index, index, index, index, weight, index, index, _OWN_NUCLEUS, _OTHER_NUCLEUS, labels, masks)
@@ -362,17 +360,16 @@ def extract_tile(task: TileTask) -> dict:
     size, half = task.spec.size_px, task.spec.halo_px
     cells = task.cells
     masks = PatchMasks(read_tile_rings(Path(task.geometry_dir), task.tile), size)
-    owners = masks.owners(cells["cell_id"].to_numpy(dtype=object))
+    cell_ids = cells["cell_id"].to_numpy(dtype=object)
+    owners = masks.owners(cell_ids)
     image = ChunkFiles.open(task.store)
     height, width = task.shape
     row_px, col_px = cells["row_px"].to_numpy(), cells["col_px"].to_numpy()
     top = np.floor(row_px - half + 0.5).astype(np.int64)
     left = np.floor(col_px - half + 0.5).astype(np.int64)
     edge = ~((top >= 0) & (left >= 0) & (top + size <= height) & (left + size <= width))
-    metas = _metadata(task, top, left, edge)
-    cell_labels = cells["label"].tolist()
-    wanted = dict.fromkeys(pd.unique(cells["label"]), task.examples_per_class)
-    keys = [f"{task.sample}/{c}" for c in cells["cell_id"]]
+    cell_labels = cells["label"].to_numpy()
+    wanted = dict.fromkeys(pd.unique(cell_labels), task.examples_per_class)
     shard_of = np.full(len(cells), None, dtype=object)
     examples: dict[str, list] = {}
     writer = shards.TileShardWriter(out, max_count=task.max_per_shard)
@@ -388,10 +385,14 @@ def extract_tile(task: TileTask) -> dict:
                 continue
             region = block.pad(half)
             pixels = image.read(region)
+            # The block's keys and JSON, not the tile's: those would grow with the tile's cells, so with the slide.
+            keys = [f"{task.sample}/{c}" for c in cell_ids[pick]]
+            metas = _metadata(task, cells.iloc[pick], top[pick], left[pick], edge[pick])
             # Crops are made CHUNK_CELLS at a time: a block's worth at once would grow with cell density.
             for first in range(0, len(pick), CHUNK_CELLS):
-                chunk = pick[first : first + CHUNK_CELLS]
-                samples = writer.chunk([keys[i] for i in chunk], [metas[i] for i in chunk], (size, size))
+                at = slice(first, first + CHUNK_CELLS)
+                chunk = pick[at]
+                samples = writer.chunk(keys[at], metas[at], (size, size))
                 samples.dapi[...] = crop(pixels, top[chunk] - region.y0, left[chunk] - region.x0, size)
                 masks(owners[chunk], top[chunk], left[chunk], out=samples.mask)
                 shard_of[chunk] = writer.write(samples)
@@ -403,14 +404,14 @@ def extract_tile(task: TileTask) -> dict:
                 # Freed before the next chunk and block are made, not when their names are rebound
                 # (after them): otherwise two blocks' pixels are alive at once, in tiles of several blocks.
                 del samples
-            del pixels
+            del pixels, keys, metas
     finally:
         published = writer.close()
     written = np.array([s is not None for s in shard_of], dtype=bool)
     index = pd.DataFrame(
         {
-            "key": np.asarray(keys, dtype=object)[written],
-            "cell_id": cells["cell_id"].to_numpy()[written],
+            "key": np.array([f"{task.sample}/{c}" for c in cell_ids[written]], dtype=object),
+            "cell_id": cell_ids[written],
             "label": cells["label"].to_numpy()[written],
             "confidence": cells["confidence"].to_numpy(dtype=float)[written],
             "label_version": cells["label_version"].to_numpy()[written],
