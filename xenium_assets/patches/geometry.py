@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -298,7 +298,8 @@ class TileRings:
 
     Owners are codes into the tile's distinct cell ids and the vertices float32, as the file stores them: a tile
     task holds its rings while it runs, and with a Python string per ring for its owner and kind and float64
-    vertices they took 0.8 KB a cell, now about 0.3 KB (the masks are the same: the kernel computes in float64).
+    vertices the rings took about 0.8 KB a cell of the tile, now 0.3 KB (the masks are the same bytes: the kernel
+    computes in float64).
     """
 
     owner: np.ndarray
@@ -309,15 +310,17 @@ class TileRings:
     offsets: np.ndarray
 
     @classmethod
-    def from_ids(cls, ids, kinds, x: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> TileRings:
+    def from_ids(
+        cls, ids: Sequence[str], kinds: Sequence[str], x: np.ndarray, y: np.ndarray, offsets: np.ndarray
+    ) -> TileRings:
         """From an owner id and a kind ("cell" or "nucleus") per ring."""
         encoded = pa.array(np.asarray(ids, dtype=object), pa.string()).dictionary_encode()
         return cls(
             owner=encoded.indices.to_numpy().astype(np.int64),
             cell_ids=encoded.dictionary,
             nucleus=np.asarray(kinds, dtype=object) == "nucleus",
-            x=np.asarray(x, dtype=np.float32),
-            y=np.asarray(y, dtype=np.float32),
+            x=np.array(x, dtype=np.float32),  # copies: writable and contiguous, as the mask kernel was compiled for
+            y=np.array(y, dtype=np.float32),
             offsets=np.asarray(offsets, dtype=np.int64),
         )
 
@@ -328,6 +331,7 @@ class TileRings:
 
     @property
     def kinds(self) -> np.ndarray:
+        """Each ring's kind, "cell" or "nucleus"."""
         return np.where(self.nucleus, "nucleus", "cell").astype(object)
 
     def polygons(self) -> np.ndarray:
@@ -356,8 +360,8 @@ def read_tile_rings(folder: Path, tile: str) -> TileRings:
         cell_ids=owners.dictionary,
         nucleus=pc.equal(table["kind"], "nucleus").combine_chunks().to_numpy(zero_copy_only=False),
         # Copies: writable, as the mask kernel was compiled for, and not holding the file's other columns.
-        x=np.array(xs.flatten()),
-        y=np.array(table["y"].combine_chunks().flatten()),
+        x=xs.flatten().to_numpy(zero_copy_only=False, writable=True),
+        y=table["y"].combine_chunks().flatten().to_numpy(zero_copy_only=False, writable=True),
         offsets=offsets - offsets[0],
     )
 
