@@ -50,42 +50,156 @@ def bench_synth(*, n_cells: int, size: int, version: str, out: Path | None) -> d
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench_labels(*, h5: Path, resolution: float = 0.5) -> dict:
-    """QC and leiden labels of one real matrix (e.g. the 84,518-cell bone marrow), timed step by step."""
+def resampled_copies(h5: Path, n_samples: int, folder: Path, seed: int, progress) -> dict[str, Path]:
+    """``n_samples`` Poisson-resampled copies of one matrix, each QC'd and written as qc_adata writes it."""
     import numpy as np
 
     from xenium_assets.expression.matrix import read_matrix
     from xenium_assets.expression.qc import run_qc
-    from xenium_assets.labels.joint import joint_matrix
-    from xenium_assets.labels.leiden import label_leiden
+
+    raw = read_matrix(h5)
+    raw.obsm["spatial"] = np.zeros((raw.n_obs, 2))  # a bare matrix has no cell table
+    rng = np.random.default_rng(seed)
+    paths = {}
+    for i in range(n_samples):
+        copy = raw.copy()
+        copy.X.data = rng.poisson(copy.X.data).astype(copy.X.dtype)
+        copy.X.eliminate_zeros()
+        paths[f"s{i:02d}"] = folder / f"s{i:02d}.h5ad"
+        run_qc(copy).adata.write_h5ad(paths[f"s{i:02d}"], compression="gzip")
+        progress("resampled samples", i + 1, n_samples)
+    return paths
+
+
+def _large_sample(h5: Path, n_cells: int, path: Path, seed: int) -> Path:
+    """A sample of ``n_cells`` cells drawn with replacement from the matrix (each Poisson-resampled), QC'd."""
+    import anndata as ad
+    import numpy as np
+
+    from xenium_assets.expression.matrix import read_matrix
+    from xenium_assets.expression.qc import QcParams, run_qc
+
+    raw = read_matrix(h5)
+    keep = np.flatnonzero(np.asarray(raw.X.sum(axis=1)).ravel() >= QcParams().min_transcripts)
+    rng = np.random.default_rng(seed)
+    drawn = int(n_cells * 1.25)  # some fail QC after resampling: draw more, keep the first n_cells that pass
+    big = ad.AnnData(X=raw.X[rng.choice(keep, drawn, replace=True)], var=raw.var.copy())
+    big.obs_names = [f"cell{i}" for i in range(drawn)]
+    big.X.data = rng.poisson(big.X.data).astype(big.X.dtype)
+    big.X.eliminate_zeros()
+    big.obsm["spatial"] = np.zeros((drawn, 2))
+    qc = run_qc(big).adata
+    qc[: min(n_cells, qc.n_obs)].copy().write_h5ad(path, compression="gzip")
+    return path
+
+
+def _reference_steps(paths: dict[str, Path], max_cells: int, out: Path, progress) -> tuple:
+    """Build, save and draw the reference as label_reference does; the built reference and seconds per step."""
+    from xenium_assets.labels.methods import MethodOptions
     from xenium_assets.labels.plots import umap_figure
+    from xenium_assets.labels.reference import ReferenceParams, build_reference
+
+    steps: dict[str, float] = {}
+
+    def timed(stage: str, done: int, total: int) -> None:
+        progress(stage, done, total)
+        steps[f"{stage} {done}/{total}"] = time.perf_counter()
 
     t0 = time.perf_counter()
-    adata = read_matrix(h5)
-    adata.obsm["spatial"] = np.zeros((adata.n_obs, 2))  # a bare matrix has no cell table
-    read_s = time.perf_counter() - t0
-    t = time.perf_counter()
-    qc = run_qc(adata)
-    qc_s = time.perf_counter() - t
-    t = time.perf_counter()
-    joint = joint_matrix({"sample": qc.adata})
-    labelling = label_leiden(joint, resolution=resolution)
-    leiden_s = time.perf_counter() - t
-    t = time.perf_counter()
-    umap_figure(joint, labelling.label)
-    umap_s = time.perf_counter() - t
-    return {
-        "cells_in": qc.n_cells_in,
-        "cells_after_qc": qc.n_cells_out,
-        "genes": int(qc.adata.n_vars),
-        "clusters": len(set(labelling.label)),
-        "read_seconds": round(read_s, 1),
-        "qc_seconds": round(qc_s, 1),
-        "leiden_seconds": round(leiden_s, 1),
-        "umap_seconds": round(umap_s, 1),
-        "total_seconds": round(time.perf_counter() - t0, 1),
-        "peak_rss_mb": round(_peak_rss_mb()),
+    built = build_reference(paths, MethodOptions(), ReferenceParams(max_cells=max_cells), "bench", progress=timed)
+    built.reference.save(out, built.cells_table(), built.labelling.markers)
+    saved = time.perf_counter()
+    umap_figure(built.cells, built.labelling.label)
+    sketched = steps[f"sketch {len(paths)}/{len(paths)}"]
+    parts = {
+        "sketch": sketched - t0,
+        "pca": steps["reference 1/4"] - sketched,
+        "harmony": steps["reference 2/4"] - steps["reference 1/4"],
+        "classes": steps["reference 3/4"] - steps["reference 2/4"],
+        "voters_and_save": saved - steps["reference 3/4"],
+        "umap": time.perf_counter() - saved,
     }
+    return built, parts
+
+
+def _all_voters_agreement(built, sample: str, path: Path, placed) -> float:
+    """ARI between ``placed`` (labels with the reference's voters) and the same sample placed with every sketch cell
+    voting."""
+    import dataclasses
+
+    import pandas as pd
+    from sklearn.metrics import adjusted_rand_score
+
+    from xenium_assets.labels.matrix import read_counts
+    from xenium_assets.labels.reference import label_sample
+
+    reference = built.reference
+    codes = pd.Categorical(built.labelling.label, categories=reference.classes).codes
+    everyone = dataclasses.replace(reference, embedding=built.cells.obsm["X_integrated"], codes=codes)
+    table, _ = label_sample(everyone, read_counts(sample, path), min_confidence=0.5)
+    return float(adjusted_rand_score(placed["label"], table["label"]))
+
+
+def bench_labels(*, h5: Path, n_samples: int = 32, max_cells: int = 200_000, add_cells: int = 100_000) -> dict:
+    """The label reference of ``n_samples`` resampled copies of one matrix, every sample placed in it, then one
+    more sample of ``add_cells`` cells added; timed per step, with the process's peak memory."""
+    from xenium_assets.labels.matrix import read_counts
+    from xenium_assets.labels.reference import label_sample
+    from xenium_assets.labels.store import load_reference, mark_latest, write_labels
+    from xenium_assets.paths import ProjectPaths
+
+    progress = TqdmProgress()
+    work = Path(tempfile.mkdtemp(prefix="xa-bench-labels-"))
+    project = ProjectPaths(work)
+    try:
+        t0 = time.perf_counter()
+        paths = resampled_copies(h5, n_samples, work, 0, progress)
+        generate_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        built, parts = _reference_steps(paths, max_cells, project.reference_dir("bench"), progress)
+        mark_latest(project, "bench")
+        reference_s = time.perf_counter() - t0
+        reference = load_reference(project)
+        per_sample, first = [], None
+        t0 = time.perf_counter()
+        for i, (sample, path) in enumerate(paths.items()):
+            t = time.perf_counter()
+            table, _ = label_sample(reference, read_counts(sample, path), min_confidence=0.5)
+            write_labels(project, table)
+            per_sample.append((time.perf_counter() - t, len(table)))
+            first = table if first is None else first
+            progress("label samples", i + 1, len(paths))
+        labelling_s = time.perf_counter() - t0
+        written = {p: p.stat().st_mtime_ns for p in project.samples_dir.glob("*/cell_labels/*.parquet")}
+        big = _large_sample(h5, add_cells, work / "added.h5ad", 1)
+        t = time.perf_counter()
+        added, _ = label_sample(reference, read_counts("added", big), min_confidence=0.5)
+        write_labels(project, added)
+        add_s = time.perf_counter() - t
+        cells = sum(n for _, n in per_sample)
+        return {
+            "cells": cells,
+            "samples": n_samples,
+            "sketch_cells": len(built.cells),
+            "voters": len(reference.codes),
+            "classes": len(reference.classes),
+            "generate_seconds": round(generate_s, 1),
+            "reference_seconds": round(reference_s, 1),
+            "reference_parts_seconds": {k: round(v, 1) for k, v in parts.items()},
+            "labelling_seconds": round(labelling_s, 1),
+            "end_to_end_seconds": round(reference_s + labelling_s, 1),
+            "sample_seconds_min": round(min(s for s, _ in per_sample), 2),
+            "sample_seconds_max": round(max(s for s, _ in per_sample), 2),
+            "seconds_per_100k_cells": round(labelling_s / cells * 1e5, 2),
+            "added_sample_cells": len(added),
+            "added_sample_seconds": round(add_s, 1),
+            "added_seconds_per_100k_cells": round(add_s / len(added) * 1e5, 2),
+            "other_samples_untouched": all(p.stat().st_mtime_ns == m for p, m in written.items()),
+            "ari_vs_all_sketch_voters": round(_all_voters_agreement(built, "s00", paths["s00"], first), 3),
+            "peak_rss_mb": round(_peak_rss_mb()),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class _PeakRss:
@@ -157,11 +271,9 @@ def _extract(bundle: Path, work: Path, workers: int) -> dict:
     from xenium_assets.patches.extract import extract_tile, largest_first, tile_tasks, warm_up
     from xenium_assets.patches.geometry import split_by_tile
     from xenium_assets.patches.grid import TILE_KEYS, PatchSpec
-    from xenium_assets.synth import truth_labels
 
     spec = PatchSpec()
     manifest = write_manifest(inspect_bundle(bundle), "bench", work / "raw")
-    labels = truth_labels(bundle, "bench")
     problems = pq.read_table(manifest.cell_problems).to_pandas()
     problems = problems[problems["kind"] == "invalid"]
     with DaskResource(n_workers=workers).client() as client, ThreadPoolExecutor(1) as beside:
@@ -178,7 +290,7 @@ def _extract(bundle: Path, work: Path, workers: int) -> dict:
         t1 = time.perf_counter()
         geometry_seconds = split.result()
         t2 = time.perf_counter()
-        tasks = tile_tasks("bench", store, work / "geometry", problems, labels, list(TILE_KEYS), work / "shards", spec)
+        tasks = tile_tasks("bench", store, work / "geometry", problems, list(TILE_KEYS), work / "shards", spec)
         with _PeakRss() as tiles_memory:
             results = list(run(extract_tile, [{"task": t} for t in largest_first(tasks)], "patch shards"))
         t3 = time.perf_counter()
@@ -336,6 +448,7 @@ def bench_view(*, n_cells: int, size: int, cache: Path) -> dict:
 
     from xenium_assets.bundle.manifest import write_manifest
     from xenium_assets.bundle.validate import inspect_bundle
+    from xenium_assets.labels.store import mark_latest, write_labels
     from xenium_assets.paths import ProjectPaths
     from xenium_assets.synth import truth_labels
     from xenium_assets.viewer.data import load_view_data
@@ -348,8 +461,9 @@ def bench_view(*, n_cells: int, size: int, cache: Path) -> dict:
     try:
         paths = ProjectPaths(work)
         manifest = write_manifest(inspect_bundle(bundle), "bench", paths.asset_dir("bench", "raw_bundle"))
-        paths.labels_table.parent.mkdir(parents=True, exist_ok=True)
-        truth_labels(bundle, "bench").to_parquet(paths.labels_table)
+        truth = truth_labels(bundle, "bench")
+        write_labels(paths, truth)
+        mark_latest(paths, truth["label_version"].iloc[0])
 
         with virtual_display():
             t0 = time.perf_counter()

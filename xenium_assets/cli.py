@@ -67,6 +67,13 @@ def main() -> None:
 @click.option("--csv", is_flag=True, help="Also write the .csv.gz variants of the tables.")
 @click.option("--region", default=None, help="region_name in experiment.xenium (default: the folder name).")
 @click.option("--workers", default=0, help="Threads for rendering and compression (0: up to 4).")
+@click.option(
+    "--expression-shift",
+    default=0.0,
+    show_default=True,
+    help="A batch effect of this sample's own: SD of the log factor on each non-marker gene's baseline "
+    "(half of it on the sequencing depth); e.g. 1.0. 0: none.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def synth(
     out: Path,
@@ -81,6 +88,7 @@ def synth(
     csv: bool,
     region: str | None,
     workers: int,
+    expression_shift: float,
     overwrite: bool,
 ) -> None:
     """Write a synthetic Xenium bundle to OUT and its ground truth to OUT.truth.parquet (beside it)."""
@@ -100,6 +108,7 @@ def synth(
             csv=csv,
             region_name=region,
             workers=workers,
+            expression_shift=expression_shift,
         )
         result = generate_bundle(out, params, overwrite=overwrite, progress=TqdmProgress())
     except (ValueError, FileExistsError) as exc:
@@ -129,23 +138,31 @@ def add(bundle_dir: Path, key: str | None, pixel_size: float | None, origin: str
     """Register BUNDLE_DIR as a sample partition of the project's Dagster instance.
 
     The bundle is validated first (a broken one is refused with the reason); adding the same bundle
-    again is a no-op.
+    again is a no-op, and so is adding a copy of a registered run from another folder (same experiment,
+    region and files: "already registered as KEY").
     """
     from xenium_assets.bundle.errors import BundleError
     from xenium_assets.bundle.validate import inspect_bundle
     from xenium_assets.defs.partitions import SAMPLES
-    from xenium_assets.registry import SampleRegistry
+    from xenium_assets.registry import AlreadyRegistered, SampleRegistry, bundle_identity
 
     paths = ProjectPaths.default()
     registry = SampleRegistry(paths.samples_dir)
     xy = _origin(origin)
     if registry.find_bundle(bundle_dir) is None:
+        twin = registry.find_identity(bundle_identity(bundle_dir)) if Path(bundle_dir).is_dir() else None
+        if twin is not None:  # before validating: a copy of a large run is recognised from its files' sizes
+            click.echo(f"skipped: {Path(bundle_dir).resolve()} is already registered as {twin.key} ({twin.bundle_dir})")
+            return
         try:
             inspect_bundle(bundle_dir, pixel_size_um=pixel_size, image_origin_um=xy or (0.0, 0.0))
         except BundleError as exc:
             _fail(f"refused: {exc}")
     try:
         entry, created = registry.register(bundle_dir, key, pixel_size_um=pixel_size, image_origin_um=xy)
+    except AlreadyRegistered as exc:
+        click.echo(f"skipped: {exc}")
+        return
     except ValueError as exc:
         _fail(str(exc))
     instance = project_instance(paths)
@@ -168,6 +185,55 @@ def samples() -> None:
         click.echo("no samples registered (xenium-assets add BUNDLE_DIR)")
     for e in entries:
         click.echo(f"{e.key}\t{e.bundle_dir}")
+
+
+@main.command()
+@click.option(
+    "--sample", "samples", multiple=True, help="Build from this sample (repeat; default: every sample with a qc_adata)."
+)
+@click.option(
+    "--method",
+    type=click.Choice(["leiden", "markers", "reference", "xenium_graphclust"]),
+    default="leiden",
+    show_default=True,
+)
+@click.option("--resolution", default=0.5, show_default=True, help="leiden: higher gives more, smaller clusters.")
+@click.option("--markers-file", type=click.Path(exists=True), default=None, help="markers: YAML class -> genes.")
+@click.option("--reference-file", type=click.Path(exists=True), default=None, help="reference: an annotated .h5ad.")
+@click.option("--max-cells", default=200_000, show_default=True, help="Cells drawn from the samples, at most.")
+@click.option("--no-labels", is_flag=True, help="Build the reference only; do not place the samples in it.")
+def reference(
+    samples: tuple[str, ...],
+    method: str,
+    resolution: float,
+    markers_file: str | None,
+    reference_file: str | None,
+    max_cells: int,
+    no_labels: bool,
+) -> None:
+    """Build a new label reference (label_reference), then place every sample's cells in it (cell_labels).
+
+    Shards are never re-cut: training joins the new labels by key. Under `make dev` the automation would also
+    relabel the samples once the reference changes; --no-labels leaves that to it.
+    """
+    from xenium_assets.defs.operations import rebuild_reference
+
+    config = {
+        "method": method,
+        "resolution": resolution,
+        "markers_file": markers_file,
+        "reference_file": reference_file,
+        "max_cells": max_cells,
+    }
+    if samples:
+        config["samples"] = list(samples)
+    paths = ProjectPaths.default()
+    try:
+        lines = rebuild_reference(paths, project_instance(paths), config, relabel=not no_labels, echo=click.echo)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    for line in lines:
+        click.echo(line)
 
 
 @main.command()
@@ -313,13 +379,15 @@ def bench_patches(
     show_default=True,
     help="A cell_feature_matrix.h5 (default: the real 84,518-cell bone-marrow matrix).",
 )
-@click.option("--resolution", default=0.5, show_default=True)
+@click.option("--samples", "n_samples", default=32, show_default=True, help="Poisson-resampled copies of the matrix.")
+@click.option("--max-cells", default=200_000, show_default=True, help="Cells in the reference's sketch, at most.")
+@click.option("--add-cells", default=100_000, show_default=True, help="Cells of the sample added afterwards.")
 @JSON_FLAG
-def bench_labels(h5: Path, resolution: float, as_json: bool) -> None:
-    """Time and peak memory of QC + leiden labels (+ the UMAP picture) on one matrix."""
+def bench_labels(h5: Path, n_samples: int, max_cells: int, add_cells: int, as_json: bool) -> None:
+    """The label reference of N samples and every sample placed in it, then one more sample added: times, memory."""
     from xenium_assets.bench import bench_labels as run
 
-    figures = run(h5=h5, resolution=resolution)
+    figures = run(h5=h5, n_samples=n_samples, max_cells=max_cells, add_cells=add_cells)
     _print_figures(figures, as_json)
 
 

@@ -12,6 +12,7 @@ from xenium_assets.defs.checks import label_classes_above_minimum, qc_pass_fract
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
 from xenium_assets.defs.evaluation_report import beats_majority_baseline, evaluation_report
+from xenium_assets.defs.label_reference import label_reference
 from xenium_assets.defs.partitions import sample_tile_partitions
 from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.qc_adata import qc_adata
@@ -33,6 +34,7 @@ def build_definitions(data_dir: Path) -> Definitions:
         assets=[
             raw_bundle,
             qc_adata,
+            label_reference,
             cell_labels,
             dapi_zarr,
             tile_geometry,

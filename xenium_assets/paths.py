@@ -5,8 +5,9 @@ data/
   samples/<key>/       one folder per registered sample
     sample.json        which bundle the sample is, and per-sample overrides (registry)
     raw_bundle/        manifest.json, cell_problems.parquet
+    cell_labels/       <reference version>.parquet: the sample's labels in that reference; overview.png
     <asset>/           every other per-sample asset's files
-  labels/              labels.parquet (all samples), markers.csv, overviews/<sample>.png
+  labels/reference/    latest.json, and one folder per reference version (label_reference)
   models/<run id>/     trained models; latest.json names the newest
   reports/<run id>/    evaluation reports (report.html, metrics.json, predictions.parquet)
   landing/             new Xenium folders for the landing sensor
@@ -53,9 +54,30 @@ class ProjectPaths:
         return self.data_dir / "labels"
 
     @property
-    def labels_table(self) -> Path:
-        """Expression labels of every sample's cells (the cell_labels asset)."""
+    def legacy_labels_table(self) -> Path:
+        """The one label table of all samples that versions before the label reference wrote (no longer read)."""
         return self.labels_dir / "labels.parquet"
+
+    @property
+    def references_dir(self) -> Path:
+        return self.labels_dir / "reference"
+
+    def reference_dir(self, version: str) -> Path:
+        """A label reference, by version (label_reference)."""
+        return self.references_dir / version
+
+    @property
+    def latest_reference(self) -> Path:
+        """JSON naming the newest label reference's version."""
+        return self.references_dir / "latest.json"
+
+    def sample_labels(self, key: str, version: str) -> Path:
+        """A sample's labels in the reference ``version`` (cell_labels)."""
+        return self.asset_dir(key, "cell_labels") / f"{version}.parquet"
+
+    def sample_overview(self, key: str) -> Path:
+        """A sample's DAPI with its cells in their label's colour (cell_labels)."""
+        return self.asset_dir(key, "cell_labels") / "overview.png"
 
     @property
     def models_dir(self) -> Path:

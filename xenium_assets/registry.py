@@ -4,11 +4,14 @@ Dagster's dynamic partitions hold only keys, so the mapping key -> bundle (and p
 such as a pixel size the bundle does not record) lives in ``data/samples/<key>/sample.json``.
 Keys are derived from the bundle's folder name (unique per run, unlike region names such as
 'Region_1'), sanitised for Dagster, and made unique deterministically: a clash with another bundle
-appends a short hash of the bundle's path.
+appends a short hash of the bundle's path. A bundle is recorded with its identity (experiment.xenium's
+run and region names, and a fingerprint of its files' names and sizes), so the same run copied in
+again under another folder name is recognised and refused rather than becoming a second sample.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -17,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from xenium_assets.atomic import write_json
+from xenium_assets.formats import XeniumFile
+from xenium_assets.landing import folder_fingerprint
 
 SAMPLE_FILE = "sample.json"
 _INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -29,6 +34,28 @@ def sanitize_key(text: str) -> str:
     return key[:64] or "sample"
 
 
+class AlreadyRegistered(ValueError):
+    """The bundle is a copy of one registered under ``key``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def bundle_identity(bundle_dir: Path) -> dict[str, str | None]:
+    """What makes two folders the same run: experiment.xenium's run and region names, and the files' fingerprint."""
+    spec: dict = {}
+    # No or an unreadable experiment.xenium: the files' fingerprint alone (validation reports the file).
+    with contextlib.suppress(OSError, ValueError):
+        spec = json.loads((Path(bundle_dir) / XeniumFile.EXPERIMENT).read_text())
+    spec = spec if isinstance(spec, dict) else {}
+    return {
+        "run_name": spec.get("run_name"),
+        "region_name": spec.get("region_name"),
+        "fingerprint": folder_fingerprint(Path(bundle_dir)),
+    }
+
+
 @dataclass(frozen=True)
 class SampleEntry:
     key: str
@@ -36,6 +63,8 @@ class SampleEntry:
     pixel_size_um: float | None = None
     image_origin_um: tuple[float, float] | None = None
     added_at: str = ""
+    identity: dict | None = None
+    """bundle_identity() when it was registered (None for samples registered before it was kept)."""
 
 
 class SampleRegistry:
@@ -57,6 +86,16 @@ class SampleRegistry:
         target = str(Path(bundle_dir).resolve())
         return next((e for e in self.entries() if e.bundle_dir == target), None)
 
+    def find_identity(self, identity: dict) -> SampleEntry | None:
+        """The sample registered for the same run (same experiment, region and files), if any."""
+        for entry in self.entries():
+            known = entry.identity
+            if known is None and Path(entry.bundle_dir).is_dir():
+                known = bundle_identity(Path(entry.bundle_dir))
+            if known == identity:
+                return entry
+        return None
+
     def derive_key(self, bundle_dir: Path, preferred: str) -> str:
         """``preferred`` sanitised; if another bundle holds it, suffixed with a hash of this bundle's path."""
         key = sanitize_key(preferred)
@@ -73,13 +112,22 @@ class SampleRegistry:
         pixel_size_um: float | None = None,
         image_origin_um: tuple[float, float] | None = None,
     ) -> tuple[SampleEntry, bool]:
-        """Register a bundle; returns (entry, created). The same bundle again is a no-op."""
+        """Register a bundle; returns (entry, created). The same folder again is a no-op; a copy of a registered run
+        in another folder raises AlreadyRegistered."""
         bundle_dir = Path(bundle_dir).resolve()
         existing = self.find_bundle(bundle_dir)
         if existing is not None:
             if key is not None and key != existing.key:
                 raise ValueError(f"{bundle_dir} is already registered as sample {existing.key!r}")
             return existing, False
+        identity = bundle_identity(bundle_dir)
+        twin = self.find_identity(identity)
+        if twin is not None:
+            raise AlreadyRegistered(
+                twin.key,
+                f"{bundle_dir} is already registered as {twin.key} (the same experiment, region and files as "
+                f"{twin.bundle_dir}); nothing to add",
+            )
         if key is not None:
             clean = sanitize_key(key)
             if clean != key:
@@ -97,6 +145,7 @@ class SampleRegistry:
             pixel_size_um=pixel_size_um,
             image_origin_um=tuple(image_origin_um) if image_origin_um else None,
             added_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            identity=identity,
         )
         write_json(self.samples_dir / key / SAMPLE_FILE, asdict(entry))
         return entry, True

@@ -75,7 +75,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield data
 
 
-def build_shards(bundle: Path, root: Path, sample: str, labels=None) -> Path:
+def build_shards(bundle: Path, root: Path, sample: str) -> Path:
     """raw manifest -> DAPI store -> tile geometry -> shards of every tile; returns the shards folder."""
     import pyarrow.parquet as pq
 
@@ -92,13 +92,11 @@ def build_shards(bundle: Path, root: Path, sample: str, labels=None) -> Path:
     store = transcode_dapi(manifest, root / "dapi", spec.pixel_size_um, thread_runner(2))
     split_by_tile(manifest, spec, root / "geometry")
     problems = pq.read_table(manifest.cell_problems).to_pandas()
-    labels = truth_labels(bundle, sample) if labels is None else labels
     tasks = tile_tasks(
         sample,
         store,
         root / "geometry",
         problems[problems["kind"] == "invalid"],
-        labels,
         list(TILE_KEYS),
         root / "shards",
         spec,
@@ -106,6 +104,16 @@ def build_shards(bundle: Path, root: Path, sample: str, labels=None) -> Path:
     for task in tasks:
         extract_tile(task)
     return root / "shards"
+
+
+def truth_keys(bundles: dict[str, Path]):
+    """The generator's true classes of the samples' cells as usable labels (key, label, confidence): what
+    training joins to the shards, without clustering."""
+    import pandas as pd
+
+    from xenium_assets.labels.store import usable_labels
+
+    return usable_labels(pd.concat([truth_labels(bundle, sample) for sample, bundle in bundles.items()]))
 
 
 def assert_leaves_unloaded(modules: tuple[str, ...], unwanted: tuple[str, ...]) -> None:

@@ -86,9 +86,37 @@ def test_a_broken_bundle_alone_is_a_skip_with_its_reason(project, tmp_path):
     (folder / COMPLETE_MARKER).touch()
     result = _evaluate(DagsterInstance.get(), resource, None)
     assert _requests(result) == []
-    assert "broken bundle(s)" in result.skip_reason.skip_message and "cells.parquet: missing" in (
+    assert "broken bundle: " in result.skip_reason.skip_message and "cells.parquet: missing" in (
         result.skip_reason.skip_message
     )
+
+
+def test_a_copy_of_a_registered_run_is_skipped_with_the_reason(project, bundles):
+    """The same run copied in again under another folder name (same experiment, region and files) is recognised
+    and skipped, by the sensor and by the registry; another run in the same landing folder is not held up."""
+    from xenium_assets.registry import AlreadyRegistered
+
+    resource = ProjectResource(data_dir=str(project))
+    landing = project / "landing"
+    landing.mkdir()
+    shutil.copytree(bundles("3"), landing / "run_b")
+    (landing / "run_b" / COMPLETE_MARKER).touch()
+    first = _evaluate(DagsterInstance.get(), resource, None)
+    assert [r.partition_key for r in _requests(first)] == ["run_b"]
+    shutil.copytree(landing / "run_b", landing / "run_b_again")
+    second = _evaluate(DagsterInstance.get(), resource, first.cursor)
+    assert _requests(second) == []
+    assert f"{landing / 'run_b_again'} is already registered as run_b" in second.skip_reason.skip_message
+    assert [e.key for e in resource.registry.entries()] == ["run_b"]
+    shutil.copytree(bundles("4", seed=8), landing / "run_c")  # a different run beside another copy
+    shutil.copytree(landing / "run_b", landing / "run_b_third")
+    for name in ("run_c", "run_b_third"):
+        (landing / name / COMPLETE_MARKER).touch()
+    third = _evaluate(DagsterInstance.get(), resource, second.cursor)
+    assert [r.partition_key for r in _requests(third)] == ["run_c"]
+    with pytest.raises(AlreadyRegistered, match="already registered as run_b") as caught:
+        resource.registry.register(landing / "run_b_again")
+    assert caught.value.key == "run_b"
 
 
 def _schedule(instance, resource):
@@ -100,25 +128,45 @@ def _schedule(instance, resource):
     return retrain_schedule(context)
 
 
-def test_retraining_only_when_shards_or_labels_changed(project):
+def test_retraining_when_labels_shards_or_the_reference_changed(project):
+    from xenium_assets.labels.store import mark_latest
+
     instance = DagsterInstance.get()
     resource = ProjectResource(data_dir=str(project))
+    paths = resource.paths
     assert retrain_schedule.cron_schedule == DEFAULT_CRON == "0 3 * * 1"  # weekly by default
     result = _schedule(instance, resource)
     assert isinstance(result, SkipReason) and "no patch shards" in result.skip_message
     index = project / "samples" / "s1" / "patch_shards" / "r0c0" / "index.parquet"
     index.parent.mkdir(parents=True)
     index.write_bytes(b"1")
-    (project / "labels").mkdir()
-    (project / "labels" / "labels.parquet").write_bytes(b"1")
+    mark_latest(paths, "leiden-1")
+    paths.sample_labels("s1", "leiden-1").parent.mkdir(parents=True)
+    paths.sample_labels("s1", "leiden-1").write_bytes(b"1")
     assert isinstance(_schedule(instance, resource), RunRequest)  # never trained
-    (project / "models").mkdir()
-    (project / "models" / "latest.json").write_text(json.dumps({"inputs": training_inputs(resource)}))
-    result = _schedule(instance, resource)
-    assert isinstance(result, SkipReason) and "unchanged since the last model" in result.skip_message
-    (project / "labels" / "labels.parquet").write_bytes(b"22")  # new labels
+
+    def trained_now() -> SkipReason:
+        (project / "models").mkdir(exist_ok=True)
+        (project / "models" / "latest.json").write_text(json.dumps({"inputs": training_inputs(resource)}))
+        result = _schedule(instance, resource)
+        assert isinstance(result, SkipReason) and "unchanged since the last model" in result.skip_message
+        return result
+
+    trained_now()
+    paths.sample_labels("s2", "leiden-1").parent.mkdir(parents=True)
+    paths.sample_labels("s2", "leiden-1").write_bytes(b"2")  # a sample's labels added
+    assert isinstance(_schedule(instance, resource), RunRequest)
+    trained_now()
+    paths.sample_labels("s1", "leiden-0").write_bytes(b"0")  # labels of another (not the latest) reference
+    trained_now()
+    mark_latest(paths, "leiden-2")  # a new reference
     request = _schedule(instance, resource)
     assert isinstance(request, RunRequest) and request.run_key.startswith("retrain-")
+    trained_now()
+    shard = project / "samples" / "s2" / "patch_shards" / "r0c0" / "index.parquet"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"2")  # a sample's shards added
+    assert isinstance(_schedule(instance, resource), RunRequest)
 
 
 def _worker_settings() -> tuple[dict, str, bool]:
@@ -158,47 +206,68 @@ def test_sensors_run_by_default(name):
     assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
 
 
-def _ticks(defs, instance, key):
-    """A function that evaluates ``key``'s automation condition from a cursor, as one automation-sensor tick."""
+def _ticks(defs, instance, keys):
+    """A function that evaluates the automation conditions of ``keys`` from a cursor, as one automation-sensor
+    tick."""
     from dagster import AssetSelection, evaluate_automation_conditions
 
+    keys = keys if isinstance(keys, list) else [keys]
+
     def tick(cursor):
-        return evaluate_automation_conditions(defs, instance, asset_selection=AssetSelection.assets(key), cursor=cursor)
+        return evaluate_automation_conditions(
+            defs, instance, asset_selection=AssetSelection.assets(*keys), cursor=cursor
+        )
 
     return tick
 
 
-def test_an_input_updated_while_its_asset_runs_is_followed_afterwards(tmp_path):
-    """A sample whose qc_adata lands while cell_labels runs for the others gets labelled by the next run."""
-    from dagster import (
-        AssetKey,
-        AssetMaterialization,
-        instance_for_test,
-    )
+def test_a_new_sample_brings_its_own_labels_and_shards_and_not_a_new_reference(tmp_path):
+    """The reference is built when first missing, once its inputs exist and none is in flight; later, a sample's
+    qc_adata brings that sample's labels only, its image assets that sample's shards only, and the reference is
+    never rebuilt for it. A new reference (a user's run) relabels every sample, and re-cuts no shard."""
+    from dagster import AssetKey, AssetMaterialization, instance_for_test
 
     from xenium_assets.definitions import build_definitions
 
     defs = build_definitions(tmp_path)
-    labels = AssetKey("cell_labels")
+    reference, labels, shards = AssetKey("label_reference"), AssetKey("cell_labels"), AssetKey("patch_shards")
     with instance_for_test() as instance:
-        tick = _ticks(defs, instance, labels)
+        tick = _ticks(defs, instance, [reference, labels, shards])
 
         def landed(sample: str) -> None:
             instance.add_dynamic_partitions(SAMPLES, [sample])
-            instance.report_runless_asset_event(AssetMaterialization("qc_adata", partition=sample))
+            for asset in ("raw_bundle", "qc_adata", "dapi_zarr", "tile_geometry"):
+                instance.report_runless_asset_event(AssetMaterialization(asset, partition=sample))
 
         result = tick(None)
         landed("a")
+        landed("b")
         result = tick(result.cursor)
-        assert result.get_num_requested(labels) == 1  # the labels run starts ...
+        assert result.get_num_requested(reference) == 1  # built, with both samples
+        result = tick(result.cursor)  # new partitions read missing wait one tick (settled_eager)
+        assert {k.split("|")[0] for k in result.get_requested_partitions(shards)} == {"a", "b"}
+        assert result.get_num_requested(reference) == 0 and result.get_num_requested(labels) == 0  # no reference yet
+        instance.report_runless_asset_event(AssetMaterialization(reference))
         result = tick(result.cursor)
-        assert result.get_num_requested(labels) == 0
-        landed("b")  # ... sample b lands while it runs ...
-        instance.report_runless_asset_event(AssetMaterialization(labels))  # ... and then it ends, without b
+        assert result.get_requested_partitions(labels) == {"a", "b"}
+        for sample in ("a", "b"):
+            instance.report_runless_asset_event(AssetMaterialization(labels, partition=sample))
         result = tick(result.cursor)
-        assert result.get_num_requested(labels) == 1  # so b is labelled by another run
-        instance.report_runless_asset_event(AssetMaterialization(labels))
-        assert tick(result.cursor).get_num_requested(labels) == 0  # and then all is settled
+        assert result.get_num_requested(reference) == result.get_num_requested(labels) == 0
+
+        landed("c")
+        result = tick(result.cursor)
+        result = tick(result.cursor)
+        assert result.get_num_requested(reference) == 0  # a landed sample never rebuilds the reference
+        assert result.get_requested_partitions(labels) == {"c"}
+        assert {k.split("|")[0] for k in result.get_requested_partitions(shards)} == {"c"}
+
+        instance.report_runless_asset_event(AssetMaterialization(labels, partition="c"))
+        result = tick(result.cursor)
+        instance.report_runless_asset_event(AssetMaterialization(reference))  # later, a user rebuilt it
+        result = tick(result.cursor)
+        assert result.get_requested_partitions(labels) == {"a", "b", "c"}
+        assert result.get_num_requested(shards) == 0  # and no shard is re-cut
 
 
 def test_a_partition_is_requested_as_missing_only_once_it_stays_missing(tmp_path):
@@ -230,24 +299,27 @@ def test_a_partition_is_requested_as_missing_only_once_it_stays_missing(tmp_path
         assert tick(result.cursor).get_num_requested(qc) == 0
 
 
-def test_cell_labels_read_missing_waits_one_tick(tmp_path):
-    """cell_labels too: missing and idle for the first time (here: wiped, as the status cache can show it for one
-    tick after a run by hand made it) is not requested on that tick, and is on the next if still missing."""
+def test_a_wiped_reference_is_rebuilt_one_tick_later(tmp_path):
+    """label_reference read missing and idle for the first time (here: wiped, as the status cache can show it for
+    one tick after a run by hand made it) is not requested on that tick, and is on the next if still missing."""
     from dagster import AssetKey, AssetMaterialization, instance_for_test
 
     from xenium_assets.definitions import build_definitions
 
     defs = build_definitions(tmp_path)
-    labels = AssetKey("cell_labels")
+    reference = AssetKey("label_reference")
     with instance_for_test() as instance:
-        tick = _ticks(defs, instance, labels)
+        tick = _ticks(defs, instance, [reference])
         instance.add_dynamic_partitions(SAMPLES, ["a"])
         instance.report_runless_asset_event(AssetMaterialization("qc_adata", partition="a"))
-        instance.report_runless_asset_event(AssetMaterialization(labels))
+        instance.report_runless_asset_event(AssetMaterialization(reference))
         result = tick(None)
-        assert result.get_num_requested(labels) == 0  # made and up to date
-        instance.wipe_assets([labels])
+        assert result.get_num_requested(reference) == 0  # made and up to date
+        instance.report_runless_asset_event(AssetMaterialization("qc_adata", partition="a"))
         result = tick(result.cursor)
-        assert result.get_num_requested(labels) == 0  # reads missing and idle for the first time
+        assert result.get_num_requested(reference) == 0  # an input's update does not rebuild it
+        instance.wipe_assets([reference])
         result = tick(result.cursor)
-        assert result.get_num_requested(labels) == 1  # still missing: requested
+        assert result.get_num_requested(reference) == 0  # reads missing and idle for the first time
+        result = tick(result.cursor)
+        assert result.get_num_requested(reference) == 1  # still missing: requested

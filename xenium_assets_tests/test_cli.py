@@ -45,6 +45,11 @@ def test_synth_then_add_twice(project, tmp_path):
     assert "added sample 'mybundle'" in result.output
     result = runner.invoke(main, ["add", str(out)])
     assert result.exit_code == 0 and "nothing to do" in result.output
+    import shutil
+
+    shutil.copytree(out, tmp_path / "bundles" / "mybundle_again")  # the same run, copied in again
+    result = runner.invoke(main, ["add", str(tmp_path / "bundles" / "mybundle_again"), "--sample", "again"])
+    assert result.exit_code == 0 and "skipped:" in result.output and "already registered as mybundle" in result.output
     assert DagsterInstance.get().get_dynamic_partitions(SAMPLES) == ["mybundle"]
     assert "mybundle" in runner.invoke(main, ["samples"]).output
 
@@ -99,17 +104,20 @@ def test_demo_end_to_end(project):
     for key in ("demo_a", "demo_b"):
         assert (project / "samples" / key / "raw_bundle" / "manifest.json").exists()
         assert f"{key} raw_bundle:" in result.stdout and f"{key} qc_adata:" in result.stdout
-    assert "all samples cell_labels:" in result.stdout
-    assert (project / "labels" / "labels.parquet").exists()
+    assert "all samples label_reference:" in result.stdout
+    assert (project / "labels" / "reference" / "latest.json").exists()
     for key in ("demo_a", "demo_b"):
+        assert f"{key} cell_labels:" in result.stdout
+        assert len(list((project / "samples" / key / "cell_labels").glob("*.parquet"))) == 1
         assert f"{key} patch_shards:" in result.stdout
         assert len(list((project / "samples" / key / "patch_shards").glob("*/index.parquet"))) == 64
     assert "all samples trained_model:" in result.stdout and "all samples evaluation_report:" in result.stdout
     assert "all samples check beats_majority_baseline:" in result.stdout
     assert list((project / "reports").glob("*/report.html"))
     instance = DagsterInstance.get()
-    # per sample: one run of its per-sample assets and one of all its tiles; labels; model and report
-    assert len(instance.get_runs()) == 6
+    # per sample: one run of its per-sample assets, one of its labels and one of all its tiles; the reference;
+    # model and report
+    assert len(instance.get_runs()) == 8
     assert sorted(instance.get_dynamic_partitions(SAMPLES)) == ["demo_a", "demo_b"]
     from xenium_assets.defs.demo import register_demo_bundles
     from xenium_assets.paths import ProjectPaths
@@ -118,6 +126,22 @@ def test_demo_end_to_end(project):
     register_demo_bundles(ProjectPaths(project), instance, n_cells=250, size=1024, echo=said.append)
     assert said == []  # the bundles exist: made once, registered once
     _check_model_and_report(instance, project, result.stdout)
+    _check_a_new_reference_relabels_without_re_cutting(project)
+
+
+def _check_a_new_reference_relabels_without_re_cutting(project: Path) -> None:
+    """`xenium-assets reference` builds a new version and places every sample in it; no shard file changes."""
+    shards = sorted((project / "samples").glob("*/patch_shards/*/*"))
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in shards}
+    command = [str(Path(sys.executable).parent / "xenium-assets"), "reference", "--resolution", "0.8"]
+    result = _run([*command, "--max-cells", "300"], project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reference label_reference:" in result.stdout
+    for key in ("demo_a", "demo_b"):
+        assert f"{key} cell_labels:" in result.stdout
+        assert len(list((project / "samples" / key / "cell_labels").glob("*.parquet"))) == 2  # both versions
+    assert len([p for p in (project / "labels" / "reference").iterdir() if p.is_dir()]) == 2
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in shards} == before
 
 
 def _check_model_and_report(instance: DagsterInstance, project: Path, stdout: str) -> None:

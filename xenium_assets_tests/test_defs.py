@@ -13,6 +13,7 @@ from xenium_assets.bundle.manifest import read_manifest
 from xenium_assets.defs.cell_labels import cell_labels
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
+from xenium_assets.defs.label_reference import label_reference
 from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.raw_bundle import raw_bundle
@@ -48,11 +49,12 @@ def test_definitions_load():
     assert graph == {
         "raw_bundle": ("bundle", SAMPLES, []),
         "qc_adata": ("expression", SAMPLES, ["raw_bundle"]),
-        "cell_labels": ("labels", None, ["qc_adata"]),
+        "label_reference": ("labels", None, ["qc_adata"]),
+        "cell_labels": ("labels", SAMPLES, ["label_reference", "qc_adata"]),
         "dapi_zarr": ("patches", SAMPLES, ["raw_bundle"]),
         "tile_geometry": ("patches", SAMPLES, ["raw_bundle"]),
-        "patch_shards": ("patches", None, ["cell_labels", "dapi_zarr", "tile_geometry"]),
-        "trained_model": ("model", None, ["patch_shards"]),
+        "patch_shards": ("patches", None, ["dapi_zarr", "tile_geometry"]),  # pixels never depend on labels
+        "trained_model": ("model", None, ["cell_labels", "patch_shards"]),
         "evaluation_report": ("model", None, ["trained_model"]),
     }
     tiles = defs.resolve_assets_def("patch_shards").partitions_def
@@ -159,13 +161,15 @@ def _meta(instance, key):
     return instance.get_latest_materialization_event(AssetKey(key)).asset_materialization.metadata
 
 
-def test_qc_and_labels_materialize_for_two_samples(project, bundles):
+def test_qc_reference_and_per_sample_labels(project, bundles):
+    """Two samples' QC, a reference built from them, each placed in it; a third sample added later is labelled on
+    its own, leaving the others' labels as they were; a new reference is a new version beside the old."""
     import pyarrow.parquet as pq
 
     from xenium_assets.defs.checks import label_classes_above_minimum, qc_pass_fraction
 
-    instance = _register(project, bundles("3"), "s1")
-    _register(project, bundles("4", seed=8), "s2")
+    instance = _register(project, bundles("3", expression_shift=1.0), "s1")
+    _register(project, bundles("4", seed=8, expression_shift=1.0), "s2")
     for key in ("s1", "s2"):
         result = _materialize(instance, project, key, assets=(raw_bundle, qc_adata, qc_pass_fraction))
         assert result.success
@@ -177,27 +181,56 @@ def test_qc_and_labels_materialize_for_two_samples(project, bundles):
     assert qc["qc_plot"].value.startswith("![QC histograms](data:image/png;base64,")
     assert (project / "samples" / "s2" / "qc_adata" / "adata.h5ad").exists()
 
-    result = _materialize(instance, project, None, assets=(cell_labels, label_classes_above_minimum))
+    result = _materialize(instance, project, None, assets=(label_reference, label_classes_above_minimum))
     assert result.success and result.get_asset_check_evaluations()[0].passed
-    meta = _meta(instance, "cell_labels")
-    path = project / "labels" / "labels.parquet"
-    assert meta["path"].value == str(path)
-    table = pq.read_table(path).to_pandas()
-    assert list(table.columns) == ["sample", "cell_id", "label", "confidence", "excluded_reason", "label_version"]
-    assert set(table["sample"]) == {"s1", "s2"} and (table["label_version"] == meta["label_version"].value).all()
-    assert meta["n_classes"].value == 4 and meta["samples"].value == "s1, s2"
-    assert "| label | s1 | s2 |" in meta["class_counts"].value
-    assert meta["umap"].value.startswith("![UMAP by label](data:image/png;base64,")
-    assert meta["overviews"].value.count("data:image/png;base64,") == 2
-    assert sorted(p.name for p in (project / "labels" / "overviews").iterdir()) == ["s1.png", "s2.png"]
-    version = meta["label_version"].value
-    config = {"ops": {"cell_labels": {"config": {"resolution": 0.8}}}}
-    assert _materialize(instance, project, None, assets=(cell_labels,), run_config=config).success
-    assert _meta(instance, "cell_labels")["label_version"].value != version  # parameters are part of the version
+    ref = _meta(instance, "label_reference")
+    version = ref["label_version"].value
+    assert ref["path"].value == str(project / "labels" / "reference" / version)
+    assert (
+        ref["n_classes"].value == 4
+        and ref["samples"].value == "s1, s2"
+        and ref["integration"].value.startswith("Harmony")
+    )
+    assert "| label | s1 | s2 |" in ref["class_cells_per_sample"].value
+    assert ref["umap"].value.startswith("![UMAP by label and sample](data:image/png;base64,")
+    assert ref["same_sample_neighbours_integrated"].value < ref["same_sample_neighbours_raw"].value
+
+    labels = {}
+    for key in ("s1", "s2"):
+        assert _materialize(instance, project, key, assets=(cell_labels,)).success
+        meta = _meta(instance, "cell_labels")
+        path = project / "samples" / key / "cell_labels" / f"{version}.parquet"
+        assert meta["path"].value == str(path) and meta["label_version"].value == version
+        assert meta["n_classes"].value == 4 and meta["overview"].value.startswith(f"![{key} by label](data:image/png")
+        labels[key] = pq.read_table(path).to_pandas()
+        assert list(labels[key].columns) == [
+            "sample",
+            "cell_id",
+            "label",
+            "confidence",
+            "excluded_reason",
+            "label_version",
+        ]
+        assert (labels[key]["sample"] == key).all() and (labels[key]["label_version"] == version).all()
+    assert set(labels["s1"]["label"]) == set(labels["s2"]["label"])  # one set of names for both samples
+
+    _register(project, bundles("2", seed=9, expression_shift=1.0), "s3")
+    before = {k: (project / "samples" / k / "cell_labels" / f"{version}.parquet").stat().st_mtime_ns for k in labels}
+    assert _materialize(instance, project, "s3", assets=(raw_bundle, qc_adata, cell_labels)).success
+    s3 = pq.read_table(project / "samples" / "s3" / "cell_labels" / f"{version}.parquet").to_pandas()
+    assert set(s3["label"]) - {"Unassigned"} <= set(labels["s1"]["label"])
+    after = {k: (project / "samples" / k / "cell_labels" / f"{version}.parquet").stat().st_mtime_ns for k in labels}
+    assert after == before and _meta(instance, "label_reference")["label_version"].value == version
+
+    config = {"ops": {"label_reference": {"config": {"resolution": 0.8}}}}
+    assert _materialize(instance, project, None, assets=(label_reference,), run_config=config).success
+    newer = _meta(instance, "label_reference")["label_version"].value
+    assert newer != version  # parameters are part of the version, and the old reference stays
+    assert {p.name for p in (project / "labels" / "reference").iterdir() if p.is_dir()} == {version, newer}
     instance.dispose()
 
 
-def test_qc_and_label_failures_say_why(project, bundles):
+def test_label_failures_say_why(project, bundles):
     instance = _register(project, bundles("3"), "s1")
     assert _materialize(instance, project, "s1").success
     config = {"ops": {"qc_adata": {"config": {"min_transcripts": 1000000}}}}
@@ -205,23 +238,32 @@ def test_qc_and_label_failures_say_why(project, bundles):
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "no cell passes QC (600 cells in; failing min_transcripts: 600" in failure.step_failure_data.error.message
     assert _materialize(instance, project, "s1", assets=(qc_adata,)).success
-    config = {"ops": {"cell_labels": {"config": {"method": "markers"}}}}
-    result = _materialize(instance, project, None, run_config=config, raise_on_error=False, assets=(cell_labels,))
+    # A project of an earlier version: one label table of all samples, no reference.
+    (project / "labels").mkdir()
+    (project / "labels" / "labels.parquet").write_bytes(b"old")
+    result = _materialize(instance, project, "s1", raise_on_error=False, assets=(cell_labels,))
+    message = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data.error.message
+    assert "no label reference yet: materialize label_reference" in message and "no longer read" in message
+    config = {"ops": {"label_reference": {"config": {"method": "markers"}}}}
+    result = _materialize(instance, project, None, run_config=config, raise_on_error=False, assets=(label_reference,))
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "method 'markers' needs markers_file" in failure.step_failure_data.error.message
+    config = {"ops": {"label_reference": {"config": {"samples": ["s1", "ghost"]}}}}
+    result = _materialize(instance, project, None, run_config=config, raise_on_error=False, assets=(label_reference,))
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "samples ghost have no qc_adata" in failure.step_failure_data.error.message
     instance.dispose()
 
 
 def test_patch_shards_for_all_tiles_of_a_sample_in_one_run(project, bundles):
-    """Per-sample assets, labels, then every tile of the sample in one run on a real 2-process dask cluster."""
+    """The sample's image assets, then every tile of the sample in one run on a real 2-process dask cluster."""
     from xenium_assets.definitions import PATCH_SHARDS_JOB, build_definitions
     from xenium_assets.defs.patch_shards import patch_shards
     from xenium_assets.patches.grid import TILE_KEYS
 
     instance = _register(project, bundles("2"), "s1")
-    per_sample = (raw_bundle, qc_adata, dapi_zarr, tile_geometry)
+    per_sample = (raw_bundle, dapi_zarr, tile_geometry)  # no expression, no labels: pixels never depend on them
     assert _materialize(instance, project, "s1", assets=per_sample).success
-    assert _materialize(instance, project, None, assets=(cell_labels,)).success
     store = _meta(instance, "dapi_zarr")
     assert store["image_size"].value == "1536 x 1536 px" and store["resampled"].value is False
     assert _meta(instance, "tile_geometry")["n_cells"].value == 600
@@ -234,11 +276,9 @@ def test_patch_shards_for_all_tiles_of_a_sample_in_one_run(project, bundles):
     done = instance.get_materialized_partitions(AssetKey("patch_shards"))
     assert done == {f"s1|{t}" for t in TILE_KEYS}
     meta = _meta(instance, "patch_shards")
-    labelled = 600 - _meta(instance, "qc_adata")["n_cells_removed"].value
-    assert 0.9 * labelled < meta["n_patches"].value <= labelled
-    assert meta["n_patches"].value + meta["n_skipped"].value == 600
-    assert "no_nucleus" in meta["skipped_by_reason"].value and "no_label" in meta["skipped_by_reason"].value
-    assert meta["gallery"].value.startswith("![patches per class](data:image/png;base64,")
+    assert meta["n_patches"].value > 0.95 * 600 and meta["n_patches"].value + meta["n_skipped"].value == 600
+    assert "no_nucleus" in meta["skipped_by_reason"].value and "label" not in meta["skipped_by_reason"].value
+    assert meta["gallery"].value.startswith("![patches per tile](data:image/png;base64,")
     assert meta["path"].value == str(project / "samples" / "s1" / "patch_shards")
     assert len(list((project / "samples" / "s1" / "patch_shards").glob("*/index.parquet"))) == 64
     assert patch_shards.backfill_policy is not None

@@ -17,17 +17,19 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
+from xenium_assets.landing import COMPLETE_MARKER
 from xenium_assets_tests.conftest import REPO
 
 ASSETS = {
     "raw_bundle",
     "qc_adata",
+    "label_reference",
     "cell_labels",
     "dapi_zarr",
     "tile_geometry",
@@ -178,13 +180,28 @@ def instance(tmp_path_factory) -> Iterator[Instance]:
         inst.stop()
 
 
-@pytest.fixture(scope="module")
-def small_bundle(tmp_path_factory) -> Path:
+def _small(folder: Path, version: str, seed: int) -> Path:
     from xenium_assets.synth import SynthParams, generate_bundle
 
-    return generate_bundle(
-        tmp_path_factory.mktemp("drop") / "run_a", SynthParams(n_cells=300, width=1024, height=1024, seed=3)
-    ).bundle
+    params = SynthParams(n_cells=300, width=1024, height=1024, version=version, seed=seed, expression_shift=1.0)
+    return generate_bundle(folder, params).bundle
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory) -> Path:
+    return _small(tmp_path_factory.mktemp("drop") / "run_a", "3", 3)
+
+
+@pytest.fixture(scope="module")
+def dropped(tmp_path_factory) -> dict[str, Path]:
+    """Three runs to drop in the landing folder, of three XOA releases, each with its own expression shift (other
+    runs than small_bundle, which another test registers: a copy of it would be skipped as a copy)."""
+    root = tmp_path_factory.mktemp("more")
+    return {
+        "run_a": _small(root / "run_a", "3", 6),
+        "run_b": _small(root / "run_b", "4", 4),
+        "run_c": _small(root / "run_c", "2", 5),
+    }
 
 
 def test_the_whole_graph_is_served(instance):
@@ -242,14 +259,57 @@ def _landing_runs(instance) -> list[dict]:
     return instance.runs({SENSOR_TAG: "landing_sensor"})
 
 
-@pytest.mark.timeout(1200)  # a whole chain of real runs, started by sensors, on 2 cores
-def test_dropped_bundles_run_once_and_the_chain_follows(instance, small_bundle):
+def _made(instance, asset: str) -> list[str]:
+    """The partition of each materialization of ``asset`` so far ('' for an unpartitioned asset)."""
+    data = instance.query(
+        """query ($key: AssetKeyInput!) { assetNodes(assetKeys: [$key]) {
+            assetMaterializations(limit: 10000) { partition } } }""",
+        {"key": {"path": [asset]}},
+    )
+    return [m["partition"] or "" for m in data["assetNodes"][0]["assetMaterializations"]]
+
+
+def _sensor_skips(instance) -> list[str]:
+    data = instance.query(
+        """{ sensorOrError(sensorSelector: {repositoryLocationName: "xenium_assets", repositoryName: "__repository__",
+            sensorName: "landing_sensor"}) { ... on Sensor { sensorState { ticks(limit: 50) { skipReason } } } } }"""
+    )
+    return [t["skipReason"] or "" for t in data["sensorOrError"]["sensorState"]["ticks"]]
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under ``folder`` with its modification time, size and content hash."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _wait_for_sample(instance, sample: str, timeout: float) -> None:
+    """Until the sample has its labels and all 64 tiles' shards, then until nothing is in flight."""
+    folder = instance.data / "samples" / sample
+
+    def done() -> bool:
+        return (
+            any((folder / "cell_labels").glob("*.parquet"))
+            and len(list(folder.glob("patch_shards/*/index.parquet"))) == 64
+        )
+
+    instance.wait_for(done, timeout, f"labels and shards of {sample} made by automation")
+    instance.settle(600)
+
+
+@pytest.mark.timeout(1800)  # a whole chain of real runs for three samples, started by sensors, on 2 cores
+def test_dropped_bundles_run_once_and_a_new_sample_touches_no_other(instance, dropped):
     landing = instance.data / "landing"
     landing.mkdir(exist_ok=True)
     # 1. A folder still being copied starts nothing.
-    copying = landing / "run_b"
+    copying = landing / "run_a"
     copying.mkdir()
-    shutil.copy(small_bundle / "experiment.xenium", copying)
+    shutil.copy(dropped["run_a"] / "experiment.xenium", copying)
     stop = threading.Event()
 
     def keep_copying():
@@ -265,44 +325,65 @@ def test_dropped_bundles_run_once_and_the_chain_follows(instance, small_bundle):
     stop.set()
     writer.join()
     assert _landing_runs(instance) == []
-    # 2. Once complete, it runs (and a corrupt bundle beside it is reported without blocking it).
+    # 2. Once complete, it runs with a second run dropped beside it (and a corrupt bundle reported, not blocking).
     (copying / "transcripts.parquet").unlink()
-    for item in small_bundle.iterdir():
+    for item in dropped["run_a"].iterdir():
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, copying / item.name)
+    shutil.copytree(dropped["run_b"], landing / "run_b")
     corrupt = landing / "run_corrupt"
     corrupt.mkdir()
-    shutil.copy(small_bundle / "experiment.xenium", corrupt)
+    shutil.copy(dropped["run_a"] / "experiment.xenium", corrupt)
     (corrupt / "cells.parquet").write_bytes(b"not parquet")
-    runs = instance.wait_for(lambda: _landing_runs(instance), 120, "a landing-sensor run")
-    assert len(runs) == 1 and {t["key"]: t["value"] for t in runs[0]["tags"]}["dagster/partition"] == "run_b"
-    instance.wait_success(runs[0]["runId"], timeout=420)
+    runs = instance.wait_for(lambda: len(_landing_runs(instance)) == 2 and _landing_runs(instance), 180, "two runs")
+    assert {{t["key"]: t["value"] for t in r["tags"]}["dagster/partition"] for r in runs} == {"run_a", "run_b"}
+    for run in runs:
+        instance.wait_success(run["runId"], timeout=420)
     for asset in ("raw_bundle", "qc_adata", "dapi_zarr", "tile_geometry"):  # the per-sample assets, all of them
-        assert (instance.data / "samples" / "run_b" / asset).is_dir(), asset
-    # 3. Downstream assets follow by declarative automation: cross-sample labels that include the new sample.
-    labels_path = instance.data / "labels" / "labels.parquet"
-
-    def labelled_with_run_b():
-        return labels_path.exists() and "run_b" in set(pd.read_parquet(labels_path, columns=["sample"])["sample"])
-
-    instance.wait_for(labelled_with_run_b, 600, "cell_labels re-materialized by automation with the new sample")
-    instance.settle(600)
-    data = instance.query("""{ assetNodes(assetKeys: [{path: ["cell_labels"]}]) {
+        assert (instance.data / "samples" / "run_a" / asset).is_dir(), asset
+    # 3. Automation builds the label reference once (the first samples' it saw: here also the sample another test
+    # registered over GraphQL, which automation followed), then each sample's labels and shards.
+    for sample in ("run_a", "run_b"):
+        _wait_for_sample(instance, sample, 900)
+    assert _made(instance, "label_reference") == [""]
+    data = instance.query("""{ assetNodes(assetKeys: [{path: ["label_reference"]}]) {
         assetMaterializations(limit: 1) { runId } } }""")
     run_id = data["assetNodes"][0]["assetMaterializations"][0]["runId"]
     tags = {t["key"]: t["value"] for r in instance.runs() if r["runId"] == run_id for t in r["tags"]}
     assert tags.get(SENSOR_TAG) == "automation", tags  # launched by the automation sensor, not by hand
+    made = Counter(_made(instance, "qc_adata"))
+    assert made["run_a"] == made["run_b"] == 1  # the landing runs made them; automation did not make them again
 
-    # 4. Once the chain has run (the new sample's shards too), the same bundle dropped again, and a restarted
-    # daemon, start nothing new.
-    assert len(list((instance.data / "samples" / "run_b" / "patch_shards").glob("*/index.parquet"))) == 64
-    made = instance.query("""{ assetNodes(assetKeys: [{path: ["qc_adata"]}]) {
-        assetMaterializations(partitions: ["run_b"]) { runId } } }""")["assetNodes"][0]["assetMaterializations"]
-    assert len(made) == 1  # the landing run made the sample's assets; automation did not make them again
+    # 4. A third sample: only its own partitions are made, and the first two samples' shards are untouched.
+    made_before = {a: _made(instance, a) for a in ASSETS - {"trained_model", "evaluation_report"}}
+    shards_before = {s: _files(instance.data / "samples" / s / "patch_shards") for s in ("run_a", "run_b")}
+    labels_before = {s: _files(instance.data / "samples" / s / "cell_labels") for s in ("run_a", "run_b")}
+    shutil.copytree(dropped["run_c"], landing / "run_c")
+    (landing / "run_c" / COMPLETE_MARKER).touch()
+    _wait_for_sample(instance, "run_c", 900)
+    new = {a: sorted((Counter(_made(instance, a)) - Counter(made_before[a])).elements()) for a in made_before}
+    for asset in ("raw_bundle", "qc_adata", "dapi_zarr", "tile_geometry", "cell_labels"):
+        assert new[asset] == ["run_c"], (asset, new[asset])
+    assert new["label_reference"] == []
+    assert len(new["patch_shards"]) == 64 and {p.split("|")[0] for p in new["patch_shards"]} == {"run_c"}
+    for sample in ("run_a", "run_b"):
+        assert _files(instance.data / "samples" / sample / "patch_shards") == shards_before[sample]  # bytes, times
+        assert _files(instance.data / "samples" / sample / "cell_labels") == labels_before[sample]
+
+    # 5. The same run copied in again under another name is recognised and skipped with the reason; the same
+    # folder dropped again, and a restarted daemon, start nothing new.
     before = len(instance.runs())
+    shutil.copytree(landing / "run_b", landing / "run_b_again")
+    (landing / "run_b_again" / COMPLETE_MARKER).touch()
+    instance.wait_for(
+        lambda: any("run_b_again is already registered as run_b" in r for r in _sensor_skips(instance)),
+        120,
+        "the copy skipped with its reason",
+    )
+    assert not (instance.data / "samples" / "run_b_again").exists()
     shutil.rmtree(copying)
-    shutil.copytree(small_bundle, copying)
+    shutil.copytree(dropped["run_a"], copying)
     instance.stop()
     instance.start()
     time.sleep(25)  # five sensor intervals
-    assert len(_landing_runs(instance)) == 1
+    assert len(_landing_runs(instance)) == 3
     assert len(instance.runs()) == before

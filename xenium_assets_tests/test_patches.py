@@ -23,19 +23,12 @@ from xenium_assets.parallel import thread_runner
 from xenium_assets.patches import grid
 from xenium_assets.patches.dapi_store import ChunkFiles, create_store, transcode_dapi
 from xenium_assets.patches.extract import MASK_NUCLEUS, MASK_PERINUCLEAR, TileTask, extract_tile, tile_tasks
-from xenium_assets.patches.geometry import CELLS, read_tile_polygons, ring_moments, split_by_tile
+from xenium_assets.patches.geometry import read_tile_polygons, ring_moments, split_by_tile
 from xenium_assets.patches.shards import INDEX, read_index
 from xenium_assets.raster import Window, read_window, tile_windows
-from xenium_assets.synth import truth_labels
 from xenium_assets_tests.conftest import JURKAT, JURKAT_ORIGIN, JURKAT_PIXEL_SIZE, needs_shared
 
 SPEC = grid.PatchSpec()
-
-
-def _labels_from_truth(bundle: Path, sample: str) -> pd.DataFrame:
-    labels = truth_labels(bundle, sample).assign(confidence=0.9)
-    labels.loc[labels.index[::50], "excluded_reason"] = "low_confidence"  # some cells are excluded
-    return labels.iloc[:-10]  # and the last ten have no label (as if removed by QC)
 
 
 def _prepare(bundle: Path, root: Path, sample: str, **inspect_kwargs):
@@ -45,12 +38,10 @@ def _prepare(bundle: Path, root: Path, sample: str, **inspect_kwargs):
     return manifest, store
 
 
-def _tasks(manifest, store, root: Path, labels: pd.DataFrame, out: Path, **kwargs) -> list[TileTask]:
+def _tasks(manifest, store, root: Path, out: Path, **kwargs) -> list[TileTask]:
     problems = pq.read_table(manifest.cell_problems).to_pandas()
     problems = problems[problems["kind"] == "invalid"]
-    return tile_tasks(
-        manifest.sample, store, root / "geometry", problems, labels, list(grid.TILE_KEYS), out, SPEC, **kwargs
-    )
+    return tile_tasks(manifest.sample, store, root / "geometry", problems, list(grid.TILE_KEYS), out, SPEC, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +49,9 @@ def extracted(bundles, tmp_path_factory):
     bundle = bundles("3")
     root = tmp_path_factory.mktemp("patches")
     manifest, store = _prepare(bundle, root, "s")
-    labels = _labels_from_truth(bundle, "s")
-    tasks = _tasks(manifest, store, root, labels, root / "shards")
+    tasks = _tasks(manifest, store, root, root / "shards")
     results = [extract_tile(t) for t in tasks]
-    return bundle, root, manifest, store, labels, tasks, results
+    return bundle, root, manifest, store, tasks, results
 
 
 def _samples(folder: Path) -> list[dict]:
@@ -70,7 +60,7 @@ def _samples(folder: Path) -> list[dict]:
 
 
 def test_transcoded_store_equals_the_tiff(extracted):
-    _, _, manifest, store, _, _, _ = extracted
+    _, _, manifest, store, _, _ = extracted
     with open_plane(manifest.dapi_path, manifest.dapi.ifd) as plane:
         np.testing.assert_array_equal(store.open()[:], plane[:])
     assert store.percentiles["p1"] < store.percentiles["p50"] < store.percentiles["p99"]
@@ -146,10 +136,10 @@ def test_geometry_split_on_another_pixel_grid_is_refused(extracted, tmp_path):
     """tile_geometry no longer waits for dapi_zarr, so the tile tasks check the two used the same grid."""
     import dataclasses
 
-    _, root, manifest, store, labels, _, _ = extracted
+    _, root, manifest, store, _, _ = extracted
     other = dataclasses.replace(store, shape=(store.shape[0] // 2, store.shape[1] // 2), pixel_size_um=0.425)
     with pytest.raises(ValueError, match="re-materialize tile_geometry and dapi_zarr with the same patch geometry"):
-        _tasks(manifest, other, root, labels, tmp_path)
+        _tasks(manifest, other, root, tmp_path)
 
 
 def test_csv_only_bundle_gives_the_same_samples(bundles, bundle_copy, tmp_path):
@@ -158,12 +148,11 @@ def test_csv_only_bundle_gives_the_same_samples(bundles, bundle_copy, tmp_path):
     csv_only = bundle_copy("2", csv=True)
     for name in ("cells", "cell_boundaries", "nucleus_boundaries", "transcripts"):
         (csv_only / f"{name}.parquet").unlink(missing_ok=True)
-    labels = _labels_from_truth(source, "s")
     made = {}
     for name, bundle in (("parquet", source), ("csv", csv_only)):
         manifest, store = _prepare(bundle, tmp_path / name, "s")
         assert str(manifest.path("cell_boundaries")).endswith(".csv.gz") == (name == "csv")
-        for task in _tasks(manifest, store, tmp_path / name, labels, tmp_path / name / "shards"):
+        for task in _tasks(manifest, store, tmp_path / name, tmp_path / name / "shards"):
             extract_tile(task)
         made[name] = _samples(tmp_path / name / "shards")
     parquet, csv = made["parquet"], made["csv"]
@@ -171,32 +160,33 @@ def test_csv_only_bundle_gives_the_same_samples(bundles, bundle_copy, tmp_path):
     for a, b in zip(parquet, csv, strict=True):
         np.testing.assert_array_equal(a["dapi.npy"], b["dapi.npy"])
         np.testing.assert_array_equal(a["mask.npy"], b["mask.npy"])
-        assert a["json"]["label"] == b["json"]["label"] and a["json"]["origin_px"] == b["json"]["origin_px"]
+        assert a["json"]["cell_id"] == b["json"]["cell_id"] and a["json"]["origin_px"] == b["json"]["origin_px"]
         np.testing.assert_allclose(a["json"]["centroid_um"], b["json"]["centroid_um"], rtol=1e-6)
 
 
-def test_shards_hold_exactly_the_eligible_cells(extracted):
-    _, root, _, _, labels, tasks, results = extracted
+def test_shards_hold_every_valid_cell_and_no_label(extracted):
+    """Pixels never depend on labels: every cell that passes validation is a patch, whether QC or labelling keeps
+    it or not, and neither the samples nor the index carry a label (training joins them by key)."""
+    _, root, manifest, _, tasks, results = extracted
     samples = _samples(root / "shards")
     keys = [s["__key__"] for s in samples]
     eligible = sorted(f"s/{c}" for t in tasks for c in t.cells["cell_id"])
     assert sorted(keys) == eligible and len(set(keys)) == len(keys)
-    usable = labels[labels["excluded_reason"] == ""]
-    assert set(keys) <= {f"s/{c}" for c in usable["cell_id"]}
+    invalid = pq.read_table(manifest.cell_problems, filters=[("kind", "==", "invalid")]).to_pandas()
+    assert not set(keys) & {f"s/{c}" for c in invalid["cell_id"]}
     skipped = pd.DataFrame([r["skipped"] for r in results]).sum()
-    assert skipped["no_label"] > 0 and skipped["excluded_low_confidence"] > 0 and skipped["no_nucleus"] > 0
+    assert skipped["no_nucleus"] > 0 and not {"no_label", "excluded_low_confidence"} & set(skipped.index)
     assert len(keys) + int(skipped.sum()) == 600  # every cell is a patch or counted as skipped
     index = read_index(sorted((root / "shards").iterdir()))
     assert sorted(index["key"]) == sorted(keys)
+    assert not {"label", "label_version", "confidence"} & set(index.columns)
     by_key = {s["__key__"]: s for s in samples}
     for row in index.sample(20, random_state=0).itertuples():
-        assert by_key[row.key]["json"]["label"] == row.label
+        assert by_key[row.key]["json"]["cell_id"] == row.cell_id
         assert Path(row.path).name == row.shard
     meta = samples[0]["json"]
+    assert not {"label", "label_version", "confidence"} & set(meta)
     assert set(meta) >= {
-        "label",
-        "label_version",
-        "confidence",
         "sample",
         "tile",
         "centroid_um",
@@ -209,7 +199,7 @@ def test_shards_hold_exactly_the_eligible_cells(extracted):
 
 
 def test_patch_pixels_equal_a_direct_read(extracted):
-    _, root, manifest, _, _, _, _ = extracted
+    _, root, manifest, _, _, _ = extracted
     with open_plane(manifest.dapi_path, manifest.dapi.ifd) as plane:
         image = np.asarray(plane[:])
     h, w = image.shape
@@ -226,7 +216,7 @@ def test_patch_pixels_equal_a_direct_read(extracted):
 
 
 def test_masks_match_polygons(extracted):
-    _, root, _, _, _, tasks, _ = extracted
+    _, root, _, _, tasks, _ = extracted
     checked = 0
     for task in tasks:
         if not len(task.cells):
@@ -255,8 +245,8 @@ def test_masks_match_polygons(extracted):
 
 
 def test_rerun_gives_the_same_samples(extracted, tmp_path):
-    bundle, root, manifest, store, labels, tasks, _ = extracted
-    again = _tasks(manifest, store, root, labels, tmp_path)
+    bundle, root, manifest, store, tasks, _ = extracted
+    again = _tasks(manifest, store, root, tmp_path)
     for a, b in zip(tasks[:20], again[:20], strict=True):
         extract_tile(b)
         ia, ib = Path(a.out_dir), Path(b.out_dir)
@@ -288,11 +278,11 @@ def test_blocks_and_crop_chunks_do_not_change_the_samples(extracted, tmp_path, m
         covered[p.slices] += 1
     assert covered.sum() == 130 * 61 and covered[Window(5, 7, 130, 61).slices].min() == 1
 
-    _, root, manifest, store, labels, tasks, _ = extracted
+    _, root, manifest, store, tasks, _ = extracted
     monkeypatch.setattr(extract, "BLOCK_PX", 60)
     monkeypatch.setattr(extract, "CHUNK_CELLS", 3)
     busiest = sorted(tasks, key=lambda t: len(t.cells))[-3:]
-    again = {t.tile: t for t in _tasks(manifest, store, root, labels, tmp_path)}
+    again = {t.tile: t for t in _tasks(manifest, store, root, tmp_path)}
     for task in busiest:
         assert grid.tile_window(task.tile, *store.shape).h > 2 * 60  # several blocks each way
         extract_tile(again[task.tile])
@@ -309,11 +299,10 @@ def test_sample_json_is_what_json_dumps_writes(extracted):
 
     from xenium_assets.patches.extract import _metadata
 
-    task = max(extracted[5], key=lambda t: len(t.cells))
+    task = max(extracted[4], key=lambda t: len(t.cells))
     cells = task.cells.head(6).copy()
     cells["cell_id"] = ['a"b', "ünï", "c\\d", "x", "y", "z"]
-    cells["label"] = ["B cell", 'q"uote', "é", "B cell", "B cell", "T"]
-    cells["confidence"] = [np.nan, 1.0, 0.123456789012345, 1e-20, 0.5, np.inf]
+    cells["nucleus_area_um2"] = [np.nan, 1.0, 0.123456789012345, 1e-20, 0.5, np.inf]
     cells["n_nuclei"] = [1, 2, 1, 3, 1, 1]
     task = dataclasses.replace(task, cells=cells, resampled=True)
     top, left = np.arange(6) - 3, np.arange(6) * 7
@@ -324,9 +313,6 @@ def test_sample_json_is_what_json_dumps_writes(extracted):
                 "sample": task.sample,
                 "cell_id": c.cell_id,
                 "tile": task.tile,
-                "label": c.label,
-                "label_version": c.label_version,
-                "confidence": float(c.confidence),
                 "nucleus_area_um2": float(c.nucleus_area_um2),
                 "cell_area_um2": float(c.cell_area_um2),
                 "pixel_size_um": task.pixel_size_um,
@@ -661,7 +647,7 @@ def test_killed_worker_leaves_no_half_written_shard(extracted, tmp_path):
     import dataclasses
     import pickle
 
-    _, root, manifest, store, labels, tasks, _ = extracted
+    _, root, manifest, store, tasks, _ = extracted
     task = max(tasks, key=lambda t: len(t.cells))
     task = dataclasses.replace(task, out_dir=str(tmp_path / task.tile), max_per_shard=2)
     (tmp_path / "task.pkl").write_bytes(pickle.dumps(task))
@@ -691,18 +677,7 @@ def test_real_bundle_is_resampled_to_the_target_pixel_size(tmp_path):
         JURKAT, tmp_path, "jurkat", pixel_size_um=JURKAT_PIXEL_SIZE, image_origin_um=JURKAT_ORIGIN
     )
     assert store.resampled and store.shape == (1882, 1882)
-    cells = pq.read_table(tmp_path / "geometry" / CELLS).to_pandas()
-    labels = pd.DataFrame(
-        {
-            "sample": "jurkat",
-            "cell_id": cells["cell_id"],
-            "label": "cell",
-            "confidence": 1.0,
-            "excluded_reason": "",
-            "label_version": "v",
-        }
-    )
-    results = [extract_tile(t) for t in _tasks(manifest, store, tmp_path, labels, tmp_path / "shards")]
+    results = [extract_tile(t) for t in _tasks(manifest, store, tmp_path, tmp_path / "shards")]
     skipped = pd.DataFrame([r["skipped"] for r in results]).sum()
     assert skipped.get("off_image", 0) >= 18  # the cells raw_bundle found off the cropped image
     samples = _samples(tmp_path / "shards")

@@ -209,6 +209,27 @@ def test_classes_differ_in_expression_and_morphology(bundles):
     assert np.percentile(epi, 75) > np.percentile(mac, 25)
 
 
+def test_an_expression_shift_moves_the_samples_baseline_not_its_markers():
+    """Each sample's own batch effect: non-marker entries of the mean matrix and the depth move, class markers
+    in their own class do not; without a shift the panel is untouched (bundles stay what the seed made)."""
+    from xenium_assets.synth.biology import CLASSES, build_panel, shift_panel
+
+    classes = CLASSES[:4]
+    panel = build_panel(classes, np.random.default_rng(0))
+    assert shift_panel(panel, classes, 0.0, np.random.default_rng(1)) is panel
+    one, two = (shift_panel(panel, classes, 1.0, np.random.default_rng(seed)) for seed in (1, 2))
+    marker = np.zeros(panel.mean.shape, dtype=bool)
+    for k in range(len(classes)):
+        marker[k, 6 * k : 6 * k + 6] = True
+    for shifted in (one, two):
+        np.testing.assert_array_equal(shifted.mean[marker], panel.mean[marker])
+        ratio = shifted.mean[~marker] / panel.mean[~marker]
+        assert np.abs(np.log(ratio)).mean() > 0.4  # about 0.8 for a log-normal factor of sd 1
+    assert one.depth != two.depth and not np.allclose(one.mean, two.mean)  # each sample its own
+    with pytest.raises(ValueError, match="expression_shift must be 0"):
+        SynthParams(expression_shift=-1)
+
+
 def test_null_bundle_has_no_morphology_signal(bundles):
     bundle = bundles("3", null=True, seed=8)
     truth = _truth(bundle)

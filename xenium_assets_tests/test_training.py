@@ -18,34 +18,56 @@ from xenium_assets.training.evaluate import (
     scores,
     shuffled_confusions,
 )
-from xenium_assets.training.run import TrainingError, evaluate_model, select_classes, train_model
+from xenium_assets.training.run import TrainingError, evaluate_model, labelled_index, select_classes, train_model
 from xenium_assets.training.splits import SplitConfig, spatial_split, split_summary
 from xenium_assets.training.train import TrainConfig, predict
-from xenium_assets_tests.conftest import build_shards
+from xenium_assets_tests.conftest import build_shards, truth_keys
 
 LARGE = dict(n_cells=1500, width=2048, height=2048)
 FAST = TrainConfig(max_epochs=8, patience=8)
+
+
+SLIDES = (("a", "3", 31), ("b", "4", 32))
 
 
 @pytest.fixture(scope="module")
 def two_slides(bundles, tmp_path_factory):
     root = tmp_path_factory.mktemp("training")
     return {
-        name: build_shards(bundles(version, seed=seed, **LARGE), root / name, name)
-        for name, version, seed in (("a", "3", 31), ("b", "4", 32))
+        name: build_shards(bundles(version, seed=seed, **LARGE), root / name, name) for name, version, seed in SLIDES
     }
 
 
 @pytest.fixture(scope="module")
-def trained(two_slides, tmp_path_factory):
+def labels(bundles):
+    """The true classes, joined to the label-free shards by key."""
+    return truth_keys({name: bundles(version, seed=seed, **LARGE) for name, version, seed in SLIDES})
+
+
+@pytest.fixture(scope="module")
+def trained(two_slides, labels, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
-    model = train_model(two_slides, out / "model", train=FAST)
-    ev, report, test = evaluate_model(model.folder, two_slides, out / "report")
+    model = train_model(two_slides, labels, "truth-1", out / "model", train=FAST)
+    ev, report, test = evaluate_model(model.folder, two_slides, labels, out / "report")
     return model, ev, test, out
 
 
-def test_spatial_split_keeps_tiles_whole_and_classes_present(two_slides):
+def _targets(index):
+    return dict(zip(index["key"], index["label"], strict=True))
+
+
+def test_shards_hold_no_labels_and_training_joins_them_by_key(two_slides, labels):
     index, _ = load_index(two_slides)
+    assert not {"label", "confidence", "label_version"} & set(index.columns)
+    joined, _ = labelled_index(two_slides, labels.iloc[::2])  # half the cells labelled: the rest are not drawn
+    assert len(joined) == len(index.merge(labels.iloc[::2], on="key"))
+    assert set(joined["key"]) <= set(index["key"]) and joined["label"].notna().all()
+    with pytest.raises(TrainingError, match="none of the .* patches has a usable label"):
+        labelled_index(two_slides, labels.iloc[0:0])
+
+
+def test_spatial_split_keeps_tiles_whole_and_classes_present(two_slides, labels):
+    index, _ = labelled_index(two_slides, labels)
     classes = sorted(index["label"].unique())
     assignment = spatial_split(index, classes, SplitConfig())
     assert not assignment.duplicated(["sample", "tile"]).any()
@@ -60,13 +82,14 @@ def test_spatial_split_keeps_tiles_whole_and_classes_present(two_slides):
         spatial_split(index, classes, SplitConfig(holdout_sample="zz"))
 
 
-def test_datamodule_streams_every_test_cell_once(two_slides):
-    index, percentiles = load_index(two_slides)
+def test_datamodule_streams_every_test_cell_once(two_slides, labels):
+    index, percentiles = labelled_index(two_slides, labels)
     classes = sorted(index["label"].unique())
     assignment = spatial_split(index, classes, SplitConfig())
     splits = shard_splits(index, assignment)
     for representation, channels in (("dapi", 1), ("dapi_masks", 3), ("masked_dapi", 1)):
-        dm = PatchDataModule(splits, classes, percentiles, DataConfig(representation=representation, batch_size=32))
+        config = DataConfig(representation=representation, batch_size=32)
+        dm = PatchDataModule(splits, classes, percentiles, _targets(index), config)
         x, y, keys = next(iter(dm.train_dataloader()))
         assert x.shape == (32, channels, 64, 64) and x.dtype == torch.float32 and y.shape == (32,)
     keys = [k for _, _, batch in dm.test_dataloader() for k in batch]
@@ -74,11 +97,12 @@ def test_datamodule_streams_every_test_cell_once(two_slides):
     assert dm.class_weights() is not None or dm.config.balance != "weighted_loss"
 
 
-def test_undersampling_balances_the_training_stream(two_slides):
-    index, percentiles = load_index(two_slides)
+def test_undersampling_balances_the_training_stream(two_slides, labels):
+    index, percentiles = labelled_index(two_slides, labels)
     classes = sorted(index["label"].unique())
     splits = shard_splits(index, spatial_split(index, classes, SplitConfig()))
-    dm = PatchDataModule(splits, classes, percentiles, DataConfig(balance="undersample", batch_size=128))
+    config = DataConfig(balance="undersample", batch_size=128)
+    dm = PatchDataModule(splits, classes, percentiles, _targets(index), config)
     seen = np.bincount(np.concatenate([y.numpy() for _, y, _ in dm.train_dataloader()]), minlength=len(classes))
     available = np.array([splits.class_counts["train"][c] for c in classes])
     assert available.max() / available.min() > 1.3  # the source is unbalanced ...
@@ -214,10 +238,10 @@ def test_dapi_signal_is_detected_on_class_dependent_morphology(trained):
     assert (out / "report" / "report.md").exists()
 
 
-def test_morphology_baseline_is_fitted_on_at_most_the_cap(trained, two_slides):
+def test_morphology_baseline_is_fitted_on_at_most_the_cap(trained, two_slides, labels):
     model, _, _, out = trained
     full = json.loads((out / "report" / "metrics.json").read_text())
-    evaluate_model(model.folder, two_slides, out / "capped", morphology_train_cells=300)
+    evaluate_model(model.folder, two_slides, labels, out / "capped", morphology_train_cells=300)
     capped = json.loads((out / "capped" / "metrics.json").read_text())
     # The CNN and the majority class (taken from the index, not the pixels) are untouched by the cap.
     for key in ("test_macro_f1", "test_macro_f1_ci_low", "majority_macro_f1", "permutation_p_value"):
@@ -230,26 +254,27 @@ def test_morphology_baseline_is_fitted_on_at_most_the_cap(trained, two_slides):
     assert f"fitted on {total} of the {total} train cells" in (out / "report" / "report.md").read_text()
 
 
-def test_checkpoint_reproduces_the_reports_predictions(trained, two_slides):
+def test_checkpoint_reproduces_the_reports_predictions(trained, two_slides, labels):
     model, _, test, _ = trained
     card = json.loads((model.folder / "model.json").read_text())
-    index, percentiles = load_index(two_slides)
+    assert card["label_version"] == "truth-1"
+    index, percentiles = labelled_index(two_slides, labels)
+    index = index[index["label"].isin(card["classes"])]
     assignment = pd.read_parquet(model.folder / "split.parquet")
     dm = PatchDataModule(
-        shard_splits(index[index["label"].isin(card["classes"])], assignment),
-        card["classes"],
-        percentiles,
-        DataConfig(**card["data"]),
+        shard_splits(index, assignment), card["classes"], percentiles, _targets(index), DataConfig(**card["data"])
     )
     again = predict(model.folder / card["checkpoint"], dm).set_index("key").loc[test["key"]]
     np.testing.assert_array_equal(again["pred"].to_numpy(), test["pred"].to_numpy())
 
 
 def test_no_signal_is_claimed_on_a_null_slide(bundles, tmp_path):
-    slides = {
-        name: build_shards(bundles(version, seed=seed, null=True, **LARGE), tmp_path / name, name)
+    made = {
+        name: bundles(version, seed=seed, null=True, **LARGE)
         for name, version, seed in (("a", "3", 41), ("b", "4", 42))
     }
-    model = train_model(slides, tmp_path / "model", train=TrainConfig(max_epochs=4, patience=4))
-    ev, _, _ = evaluate_model(model.folder, slides, tmp_path / "report")
+    slides = {name: build_shards(bundle, tmp_path / name, name) for name, bundle in made.items()}
+    labels = truth_keys(made)
+    model = train_model(slides, labels, "truth-1", tmp_path / "model", train=TrainConfig(max_epochs=4, patience=4))
+    ev, _, _ = evaluate_model(model.folder, slides, labels, tmp_path / "report")
     assert not ev.signal_detected, (ev.cnn, ev.cnn_ci, ev.majority, ev.permutation_p)

@@ -20,6 +20,7 @@ import pytest
 from xenium_assets.bundle.manifest import write_manifest
 from xenium_assets.bundle.validate import inspect_bundle
 from xenium_assets.labels.overview import EXCLUDED, overview, overview_png
+from xenium_assets.labels.store import mark_latest, write_labels
 from xenium_assets.paths import ProjectPaths
 from xenium_assets.raster import Window
 from xenium_assets.slide import LabelLevel
@@ -39,9 +40,9 @@ def viewed(bundles, tmp_path_factory) -> ProjectPaths:
     write_manifest(inspect_bundle(bundle), SAMPLE, paths.asset_dir(SAMPLE, "raw_bundle"))
     labels = truth_labels(bundle, SAMPLE)
     labels.loc[labels.index[::10], "excluded_reason"] = "low_confidence"
-    paths.labels_table.parent.mkdir(parents=True)
-    labels.to_parquet(paths.labels_table)
-    shards = build_shards(bundle, paths.data_dir / "work", SAMPLE, labels[labels["excluded_reason"] == ""])
+    write_labels(paths, labels)
+    mark_latest(paths, labels["label_version"].iloc[0])
+    shards = build_shards(bundle, paths.data_dir / "work", SAMPLE)
     shutil.move(shards, paths.asset_dir(SAMPLE, "patch_shards"))
     # Predictions of half the cells, every third one wrong, as the evaluation report writes them.
     usable = labels[labels["excluded_reason"] == ""].iloc[::2]

@@ -1,4 +1,4 @@
-"""Asset checks that guard the chain: QC pass rate, usable label classes, shards agreeing with their index."""
+"""Asset checks that guard the chain: QC pass rate, usable reference classes, shards agreeing with their index."""
 
 import json
 import tarfile
@@ -7,14 +7,14 @@ from collections import Counter
 import pandas as pd
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
 
-from xenium_assets.defs.cell_labels import LabelConfig, cell_labels
+from xenium_assets.defs.label_reference import label_reference
 from xenium_assets.defs.partitions import sample_partitions
 from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.qc_adata import SUMMARY, qc_adata
+from xenium_assets.labels.table import UNASSIGNED
 from xenium_assets.patches.shards import INDEX
 
 QC_PASS_FLOOR = 0.5
-MIN_CLASS_CELLS = LabelConfig().min_class_cells
 
 
 @asset_check(
@@ -36,20 +36,25 @@ def qc_pass_fraction(context: AssetCheckExecutionContext) -> AssetCheckResult:
 
 
 @asset_check(
-    asset=cell_labels,
+    asset=label_reference,
     required_resource_keys={"project"},
-    description=f"At least two label classes, each with {MIN_CLASS_CELLS}+ usable cells.",
+    description="The latest label reference has at least two classes that are not rare (enough sketch cells, as "
+    "configured when it was built).",
 )
 def label_classes_above_minimum(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    table = pd.read_parquet(context.resources.project.paths.labels_table)
-    counts = table.loc[table["excluded_reason"] == "", "label"].value_counts()
-    small = counts[counts < MIN_CLASS_CELLS]
+    from xenium_assets.labels.store import load_reference
+
+    reference = load_reference(context.resources.project.paths)
+    sizes = reference.info["class_cells"]
+    usable = {c: n for c, n in sizes.items() if c not in reference.rare_classes and c != UNASSIGNED}
     return AssetCheckResult(
-        passed=len(counts) >= 2 and small.empty,
+        passed=len(usable) >= 2,
         metadata={
-            "usable_classes": len(counts),
-            "smallest_class": int(counts.min()) if len(counts) else 0,
-            "classes_below_minimum": ", ".join(small.index) or "none",
+            "label_version": reference.version,
+            "usable_classes": len(usable),
+            "min_class_cells": reference.params.min_class_cells,
+            "smallest_usable_class": min(usable.values(), default=0),
+            "rare_classes": ", ".join(reference.rare_classes) or "none",
         },
     )
 

@@ -6,15 +6,17 @@ from collections.abc import Callable
 
 from dagster import DagsterInstance, materialize
 
+from xenium_assets.defs.operations import QUIET, summarise
 from xenium_assets.defs.partitions import SAMPLES, sample_partitions, sample_tile_partitions, tile_partitions
 from xenium_assets.paths import ProjectPaths
 from xenium_assets.progress import TqdmProgress
 from xenium_assets.registry import SampleRegistry
 from xenium_assets.synth import SynthParams, generate_bundle
 
-# Two samples from different XOA releases, so the demo exercises cross-version reading.
+# Two samples from different XOA releases, so the demo exercises cross-version reading, each with a batch effect of
+# its own (its non-marker genes' baseline and its depth), so the label reference has something to integrate.
 DEMO_BUNDLES = (("demo_a", "3", 11), ("demo_b", "4", 12))
-QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+DEMO_EXPRESSION_SHIFT = 1.0
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
@@ -28,9 +30,17 @@ def register_demo_bundles(
         bundle = paths.demo_dir / name
         if not (bundle / "experiment.xenium").exists():
             echo(f"generating {bundle} (XOA {version}, {n_cells} cells, {size}x{size} px)")
+            params = SynthParams(
+                n_cells=n_cells,
+                width=size,
+                height=size,
+                version=version,
+                seed=seed,
+                expression_shift=DEMO_EXPRESSION_SHIFT,
+            )
             generate_bundle(
                 bundle,
-                SynthParams(n_cells=n_cells, width=size, height=size, version=version, seed=seed),
+                params,
                 overwrite=True,
                 progress=TqdmProgress(),
             )
@@ -46,8 +56,9 @@ def run_demo(
 ) -> list[str]:
     """Register the demo samples, then materialize every asset in dependency order; return a summary.
 
-    Per-sample assets run per sample, cross-sample ones once, and sample x tile ones as one run per
-    sample covering all its tiles (a partition range, like a single-run backfill).
+    Per-sample assets run per sample (those that read a cross-sample asset, such as cell_labels, after it),
+    cross-sample ones once, and sample x tile ones as one run per sample covering all its tiles (a partition
+    range, like a single-run backfill).
     """
     from xenium_assets.definitions import PATCH_SHARDS_JOB, build_definitions
 
@@ -58,30 +69,18 @@ def run_demo(
     summary: list[str] = []
 
     def report(result, label: str) -> None:
-        """Summarise a run: what it wrote, and its checks. A failed asset stops the demo; a failed
-        check (e.g. a model no better than the majority class) is reported, not raised."""
-        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        checks = result.get_asset_check_evaluations()
-        check_steps = {f"{c.asset_key.to_python_identifier()}_{c.check_name}" for c in checks}
-        broken = [e for e in failures if e.step_key not in check_steps]
-        if broken:
-            raise RuntimeError(f"{label}: {broken[0].step_key} failed: {broken[0].step_failure_data.error.message}")
-        seen = set()
-        for event in result.get_asset_materialization_events():
-            mat = event.materialization
-            name = mat.asset_key.to_user_string()
-            if name not in seen:
-                seen.add(name)
-                path = mat.metadata["path"].value if "path" in mat.metadata else ""
-                summary.append(f"{label} {name}: {path}")
-        for check in checks:
-            summary.append(f"{label} check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
+        summary.extend(summarise(result, label))
 
     graph = defs.resolve_asset_graph()
     per_tile_keys = {a.key for a in assets if a.partitions_def == sample_tile_partitions}
-    per_sample = [a for a in assets if a.partitions_def == sample_partitions]
     unpartitioned = [a for a in assets if a.partitions_def is None]
-    after_tiles = [a for a in unpartitioned if graph.get_ancestor_asset_keys(a.key) & per_tile_keys]
+    # Per-sample assets before and after the cross-sample ones they read (cell_labels reads label_reference).
+    per_sample = [a for a in assets if a.partitions_def == sample_partitions]
+    reads_shared = {a.key for a in per_sample if graph.get_ancestor_asset_keys(a.key) & {u.key for u in unpartitioned}}
+    first_per_sample = [a for a in per_sample if a.key not in reads_shared]
+    then_per_sample = [a for a in per_sample if a.key in reads_shared]
+    later = per_tile_keys | reads_shared
+    after_tiles = [a for a in unpartitioned if graph.get_ancestor_asset_keys(a.key) & later]
     before_tiles = [a for a in unpartitioned if a not in after_tiles]
     everything = [*assets, *(defs.asset_checks or [])]
 
@@ -101,9 +100,11 @@ def run_demo(
         )
 
     for key in keys:
-        run_selection(per_sample, key)
+        run_selection(first_per_sample, key)
     if before_tiles:
         run_selection(before_tiles, "all samples")
+    for key in keys if then_per_sample else ():
+        run_selection(then_per_sample, key)
     if per_tile_keys:
         job = defs.resolve_job_def(PATCH_SHARDS_JOB)
         tiles = tile_partitions.get_partition_keys()

@@ -46,6 +46,8 @@ def _latest(project: ProjectResource) -> dict:
 def evaluation_report(context: AssetExecutionContext, config: ReportConfig) -> MaterializeResult:
     from mlflow.tracking import MlflowClient
 
+    from xenium_assets.labels.store import read_labels, usable_labels
+
     # Imported here, not at module level, for the reason given in trained_model.
     from xenium_assets.training.report import confusion_figure
     from xenium_assets.training.run import evaluate_model, summary
@@ -54,10 +56,15 @@ def evaluation_report(context: AssetExecutionContext, config: ReportConfig) -> M
     latest = _latest(project)
     model_dir = Path(latest["folder"])
     out = project.paths.report_dir(model_dir.name)
-    ev, _, _ = evaluate_model(
-        model_dir, sample_shard_dirs(context, project), out, seed=config.seed, report=context.log.info
-    )
     card = json.loads((model_dir / "model.json").read_text())
+    if "label_version" not in card:
+        raise Failure(
+            f"{model_dir} was trained before label references existed: materialize trained_model again",
+            allow_retries=False,
+        )
+    dirs = sample_shard_dirs(context, project)
+    labels, _ = read_labels(project.paths, sorted(dirs), card["label_version"])
+    ev, _, _ = evaluate_model(model_dir, dirs, usable_labels(labels), out, seed=config.seed, report=context.log.info)
     headline = summary(ev, card)
     client = MlflowClient(context.resources.mlflow.get_tracking_uri())
     run_id = latest["mlflow_run_id"]

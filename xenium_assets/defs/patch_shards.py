@@ -1,9 +1,10 @@
-"""``patch_shards``: WebDataset shards of labelled DAPI patches with masks, one set per (sample, tile)."""
+"""``patch_shards``: WebDataset shards of every valid cell's DAPI patch with masks, one set per (sample, tile).
+
+Shards hold no labels: training joins them by key, so a new label reference never re-cuts a shard."""
 
 import time
 from collections import Counter, defaultdict
 
-import pandas as pd
 import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
@@ -16,7 +17,6 @@ from dagster import (
 )
 
 from xenium_assets.defs.automation import settled_eager
-from xenium_assets.defs.cell_labels import cell_labels
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
 from xenium_assets.defs.metadata import counts_table, image
@@ -33,8 +33,10 @@ from xenium_assets.progress import LogProgress
 
 class ShardConfig(Config):
     max_samples_per_shard: int = MAX_SAMPLES_PER_SHARD
-    examples_per_class: int = 6
-    """Patches per class kept for the gallery picture."""
+    examples_per_tile: int = 6
+    """Patches per tile kept for the gallery picture."""
+    gallery_tiles: int = 4
+    """Tiles shown in the gallery picture, at most."""
 
 
 def _tasks(
@@ -42,7 +44,6 @@ def _tasks(
     patches: PatchGeometry,
     sample: str,
     tiles: list[str],
-    labels: pd.DataFrame,
     config: ShardConfig,
 ) -> list[TileTask]:
     """The sample's tile tasks, from the files its per-sample assets wrote."""
@@ -58,12 +59,11 @@ def _tasks(
             read_summary(paths.asset_dir(sample, "dapi_zarr")),
             paths.asset_dir(sample, "tile_geometry"),
             problems,
-            labels[labels["sample"] == sample],
             tiles,
             paths.asset_dir(sample, "patch_shards"),
             patches.spec,
             max_per_shard=config.max_samples_per_shard,
-            examples_per_class=config.examples_per_class,
+            examples=config.examples_per_tile,
         )
     except ValueError as error:  # the polygons and the store were made on different pixel grids
         raise Failure(str(error), allow_retries=False) from error
@@ -72,13 +72,13 @@ def _tasks(
 @asset(
     automation_condition=settled_eager(),
     partitions_def=sample_tile_partitions,
-    deps=[dapi_zarr, tile_geometry, cell_labels],
+    deps=[dapi_zarr, tile_geometry],
     backfill_policy=BackfillPolicy.single_run(),
     group_name="patches",
     kinds={"webdataset"},
-    description="For each labelled cell a DAPI patch centred on its nucleus with a nucleus / perinuclear mask, "
-    "written with label and provenance as WebDataset shards per tile, plus an index. Tiles run on dask; a backfill "
-    "of many tiles is one run.",
+    description="For every valid cell, labelled or not, a DAPI patch centred on its nucleus with a nucleus / "
+    "perinuclear mask, written with provenance as WebDataset shards per tile, plus an index keyed sample/cell_id. "
+    "No labels: training joins them by key. Tiles run on dask; a backfill of many tiles is one run.",
 )
 def patch_shards(
     context: AssetExecutionContext,
@@ -91,13 +91,7 @@ def patch_shards(
     for key in context.partition_keys:
         dims = key.keys_by_dimension
         tiles_by_sample[dims["sample"]].append(dims["tile"])
-    labels_path = project.paths.labels_table
-    if not labels_path.exists():
-        raise Failure("no cell labels yet: materialize cell_labels first", allow_retries=False)
-    labels = pq.read_table(labels_path).to_pandas()
-    tasks = [
-        t for sample, tiles in tiles_by_sample.items() for t in _tasks(project, patches, sample, tiles, labels, config)
-    ]
+    tasks = [t for sample, tiles in tiles_by_sample.items() for t in _tasks(project, patches, sample, tiles, config)]
     context.log.info(f"{len(tasks)} tile(s) of {len(tiles_by_sample)} sample(s) on dask")
     start = time.perf_counter()
     results = []
@@ -109,13 +103,10 @@ def patch_shards(
         results = list(run(extract_tile, [{"task": t} for t in largest_first(tasks)], "patch shards"))
     seconds = time.perf_counter() - start
     skipped: Counter = Counter()
-    classes: Counter = Counter()
-    examples: dict[str, list] = defaultdict(list)
     for r in results:
         skipped.update(r["skipped"])
-        classes.update(r["class_counts"])
-        for label, ex in r["examples"].items():
-            examples[label].extend(ex[: max(0, config.examples_per_class - len(examples[label]))])
+    examples = {f"{r['sample']} {r['tile']}": r["examples"] for r in results if r["examples"]}
+    shown = dict(sorted(examples.items())[: config.gallery_tiles])
     n_patches = sum(r["n_patches"] for r in results)
     samples = sorted(tiles_by_sample)
     path = project.paths.asset_dir(samples[0], "patch_shards") if len(samples) == 1 else project.paths.samples_dir
@@ -130,12 +121,11 @@ def patch_shards(
         "patch_px": patches.spec.size_px,
         "pixel_size_um": patches.pixel_size_um,
         "skipped_by_reason": counts_table(dict(skipped)),
-        "class_balance": counts_table(dict(classes), "label", "patches"),
         "seconds": round(seconds, 1),
         "patches_per_second": round(n_patches / max(seconds, 1e-9), 1),
     }
-    if examples:
+    if shown:
         from xenium_assets.patches.gallery import gallery  # matplotlib: kept out of the code location's import
 
-        metadata["gallery"] = image(gallery(examples, config.examples_per_class), "patches per class")
+        metadata["gallery"] = image(gallery(shown, config.examples_per_tile), "patches per tile")
     return MaterializeResult(metadata=metadata)

@@ -23,6 +23,7 @@ from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.landing import LandingState, look
+from xenium_assets.registry import bundle_identity
 
 PER_SAMPLE = [raw_bundle, qc_adata, dapi_zarr, tile_geometry]
 PER_SAMPLE_KEYS = [a.key for a in PER_SAMPLE]
@@ -40,7 +41,8 @@ def _interval() -> int:
     default_status=DefaultSensorStatus.RUNNING,
     target=PER_SAMPLE,
     description="Registers each completely copied Xenium folder in data/landing (or the project's landing_dir) as a "
-    "sample and materializes its per-sample assets; the cursor makes each folder's content run once.",
+    "sample and materializes its per-sample assets; the cursor makes each folder's content run once, and a copy of "
+    "a registered run (same experiment, region and files) is skipped with the reason.",
 )
 def landing_sensor(context: SensorEvaluationContext, project: ProjectResource) -> SensorResult | SkipReason:
     state = LandingState.from_json(json.loads(context.cursor) if context.cursor else None)
@@ -51,12 +53,17 @@ def landing_sensor(context: SensorEvaluationContext, project: ProjectResource) -
         reason = f"{waiting} folder(s) still being copied" if waiting else "no new bundle"
         return SensorResult(skip_reason=SkipReason(reason), cursor=cursor)
     registry = project.registry
-    keys, requests, broken = [], [], []
+    keys, requests, skipped = [], [], []
     for folder in ready:
+        twin = registry.find_identity(bundle_identity(folder)) if registry.find_bundle(folder) is None else None
+        if twin is not None:
+            skipped.append(f"{folder} is already registered as {twin.key}")
+            context.log.info(f"skipped {folder}: a copy of the run registered as {twin.key} ({twin.bundle_dir})")
+            continue
         try:
             inspect_bundle(folder)
         except BundleError as exc:
-            broken.append(str(exc))
+            skipped.append(f"broken bundle: {exc}")
             context.log.warning(f"skipped a broken bundle: {exc}")
             continue
         entry, _ = registry.register(folder)
@@ -77,7 +84,7 @@ def landing_sensor(context: SensorEvaluationContext, project: ProjectResource) -
         run_requests=requests,
         dynamic_partitions_requests=[sample_partitions.build_add_request(keys)] if keys else [],
         cursor=cursor,
-        skip_reason=SkipReason("broken bundle(s): " + " | ".join(broken)) if broken and not requests else None,
+        skip_reason=SkipReason(" | ".join(skipped)) if skipped and not requests else None,
     )
 
 

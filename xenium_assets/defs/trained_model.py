@@ -1,4 +1,6 @@
-"""``trained_model``: the DAPI classifier, trained on all shards with spatial splits, tracked in MLflow."""
+"""``trained_model``: the DAPI classifier, trained on all shards with spatial splits, tracked in MLflow.
+
+Labels come from one label reference version (the latest by default), joined to the shards by key."""
 
 import hashlib
 import time
@@ -8,10 +10,12 @@ import numpy as np
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 
 from xenium_assets.atomic import write_json
-from xenium_assets.defs.metadata import counts_table, frame_table, image
+from xenium_assets.defs.cell_labels import cell_labels
+from xenium_assets.defs.metadata import bullet_list, counts_table, frame_table, image
 from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.tracking import REGISTERED_MODEL, end_mlflow_on_run_finished, pip_requirements
+from xenium_assets.labels.table import MIN_CLASS_CELLS
 
 MLFLOW_UI = "http://127.0.0.1:5000"
 
@@ -36,17 +40,24 @@ class TrainModelConfig(Config):
     test_fraction: float = 0.2
     holdout_sample: str | None = None
     """Hold this whole sample out as the test set."""
-    min_class_cells: int = 20
+    label_version: str | None = None
+    """The label reference version whose labels to train on (default: the latest)."""
+    min_class_cells: int = MIN_CLASS_CELLS
     num_workers: int | None = None
     """Data-loader processes; by default the CPUs beyond two (none on a 2-CPU machine), at most 4."""
     seed: int = 0
 
 
 def training_inputs(project) -> str:
-    """Fingerprint of what training reads: the label table and every tile's shard index (stat only)."""
+    """Fingerprint of what training reads (stat only): the latest label reference, every sample's labels in it and
+    every tile's shard index. A new sample's labels or shards, or a new reference, change it."""
+    from xenium_assets.labels.store import latest_version
+
     paths = project.paths
-    files = [paths.labels_dir / "labels.parquet", *sorted(paths.samples_dir.glob("*/patch_shards/*/index.parquet"))]
-    h = hashlib.sha1()
+    version = latest_version(paths) or ""
+    labels = sorted(paths.samples_dir.glob(f"*/cell_labels/{version}.parquet")) if version else []
+    files = [paths.latest_reference, *labels, *sorted(paths.samples_dir.glob("*/patch_shards/*/index.parquet"))]
+    h = hashlib.sha1(version.encode())
     for f in files:
         if f.exists():
             st = f.stat()
@@ -62,15 +73,15 @@ def sample_shard_dirs(context: AssetExecutionContext, project) -> dict:
 
 
 @asset(
-    deps=[patch_shards],
+    deps=[patch_shards, cell_labels],
     group_name="model",
     kinds={"pytorch", "mlflow"},
     required_resource_keys={"project", "mlflow"},
     hooks={end_mlflow_on_run_finished},
     pool="train",
-    description="A timm backbone in a Lightning module, trained on every sample's shards with whole tiles as "
-    "the unit of the train / validation / test split; parameters, curves, checkpoint, label version and shard "
-    "list in MLflow, and a registered model version.",
+    description="A timm backbone in a Lightning module, trained on every sample's shards, labelled by key from one "
+    "label reference version, with whole tiles as the unit of the train / validation / test split; parameters, "
+    "curves, checkpoint, label version and shard list in MLflow, and a registered model version.",
 )
 def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> MaterializeResult:
     # The training stack is imported here, not at module level: torch, lightning and timm take about 8 s to
@@ -78,6 +89,8 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
     import mlflow
     from lightning.pytorch.loggers import MLFlowLogger
 
+    from xenium_assets.labels.store import read_labels, resolve_version, usable_labels
+    from xenium_assets.labels.table import LabelError, class_counts
     from xenium_assets.training.data import DataConfig
     from xenium_assets.training.model import CellClassifier
     from xenium_assets.training.report import learning_curves_figure
@@ -90,6 +103,18 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
     dirs = sample_shard_dirs(context, project)
     if not dirs:
         raise Failure("no patch shards: materialize patch_shards first", allow_retries=False)
+    try:
+        version = resolve_version(project.paths, config.label_version)
+    except LabelError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    table, unlabelled = read_labels(project.paths, sorted(dirs), version)
+    if unlabelled:
+        context.log.warning(f"no labels in {version} for {', '.join(unlabelled)}: trained without them")
+    if table.empty:
+        raise Failure(
+            f"no sample with shards has labels in {version}: materialize cell_labels for them", allow_retries=False
+        )
+    dirs = {k: d for k, d in dirs.items() if k not in unlabelled}
     inputs = training_inputs(project)  # what the retrain schedule compares against
     run = mlflow.active_run()
     out = project.paths.models_dir / run.info.run_id
@@ -122,6 +147,8 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
     try:
         model = train_model(
             dirs,
+            usable_labels(table),
+            version,
             out,
             data=data,
             train=train,
@@ -133,7 +160,7 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
     except TrainingError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
     seconds = time.perf_counter() - start
-    tracking.set_tags({"label_version": ",".join(model.label_versions)})
+    tracking.set_tags({"label_version": model.label_version})
     tracking.log_metric("best_val_macro_f1", model.fit.best_val_macro_f1)
     for name in ("model.json", "split.parquet", "history.csv", model.fit.checkpoint.name):
         tracking.log_artifact(str(out / name), artifact_path="model")
@@ -166,7 +193,10 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
             "mlflow_run": MetadataValue.url(run_url),
             "mlflow_run_id": run.info.run_id,
             "registered_model": f"{REGISTERED_MODEL} v{version}",
-            "label_version": ", ".join(model.label_versions),
+            "label_version": model.label_version,
+            "samples": ", ".join(sorted(dirs)),
+            "samples_without_labels": bullet_list(unlabelled),
+            "class_counts_per_sample": frame_table(class_counts(table), "label"),
             "classes": ", ".join(model.classes),
             "dropped_classes": counts_table(model.dropped_classes, "class", "patches"),
             "split": split.describe(),

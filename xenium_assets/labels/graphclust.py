@@ -14,14 +14,14 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from xenium_assets.labels.joint import UNASSIGNED, LabelError, Labelling, name_groups, rank_markers
+from xenium_assets.labels.table import UNASSIGNED, LabelError, Labelling, name_groups, rank_markers
 
 
-def label_graphclust(joint: ad.AnnData, clusters: dict[str, Path | None], *, seed: int = 0) -> Labelling:
-    labels = np.full(joint.n_obs, UNASSIGNED, dtype=object)
+def label_graphclust(cells: ad.AnnData, clusters: dict[str, Path | None], *, seed: int = 0) -> Labelling:
+    labels = np.full(cells.n_obs, UNASSIGNED, dtype=object)
     tables, notes = [], ["confidence is 1: the instrument's clustering gives none"]
-    samples = joint.obs["sample"].astype(str).to_numpy()
-    cell_ids = joint.obs["cell_id"].astype(str).to_numpy()
+    samples = cells.obs["sample"].astype(str).to_numpy()
+    cell_ids = cells.obs["cell_id"].astype(str).to_numpy()
     for sample, path in clusters.items():
         if path is None:
             raise LabelError(f"sample {sample!r} has no analysis/ clustering (graphclust): choose another method")
@@ -30,11 +30,11 @@ def label_graphclust(joint: ad.AnnData, clusters: dict[str, Path | None], *, see
         cluster = found.reindex(cell_ids[rows])
         has = cluster.notna().to_numpy()
         groups = np.where(has, cluster.fillna(-1).astype(int).astype(str).to_numpy(), UNASSIGNED).astype(object)
-        markers = rank_markers(joint[rows], groups, seed=seed)
+        markers = rank_markers(cells[rows], groups, seed=seed)
         named, markers = name_groups(groups, markers)
         labels[rows] = np.where(has, named, UNASSIGNED)
         tables.append(markers.assign(sample=sample))
         if (~has).any():
             notes.append(f"{sample}: {int((~has).sum())} cells have no instrument cluster")
     markers = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    return Labelling(label=labels, confidence=np.ones(joint.n_obs), markers=markers, notes=notes)
+    return Labelling(label=labels, confidence=np.ones(cells.n_obs), markers=markers, notes=notes)

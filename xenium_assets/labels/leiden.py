@@ -1,8 +1,9 @@
-"""``leiden``: joint clustering of all samples, named by the clusters' top marker genes.
+"""``leiden``: clusters of the reference's cells in their integrated embedding, named by top marker genes.
 
-With several samples the neighbour graph is batch-aware (BBKNN: each cell's neighbours are drawn
-from every sample), so a class shared by two slides becomes one cluster rather than one per slide.
-Confidence is the share of a cell's graph neighbourhood (by connectivity weight) in its own cluster.
+The neighbour graph is built on the embedding in which sample-level shifts were integrated away
+(``obsm['X_integrated']``, Harmony across samples), so a class shared by two slides is one cluster
+rather than one per slide. Confidence is the share of a cell's graph neighbourhood (by connectivity
+weight) in its own cluster.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from xenium_assets.labels.joint import Labelling, name_groups, rank_markers
+from xenium_assets.labels.table import Labelling, name_groups, rank_markers
+
+EMBEDDING = "X_integrated"
 
 
 def neighbour_agreement(connectivities: sp.spmatrix, groups: np.ndarray) -> np.ndarray:
@@ -25,25 +28,15 @@ def neighbour_agreement(connectivities: sp.spmatrix, groups: np.ndarray) -> np.n
     return np.where(total > 0, own / np.maximum(total, 1e-12), 0.0)
 
 
-def label_leiden(
-    joint: ad.AnnData, *, resolution: float = 0.5, n_neighbors: int = 15, n_pcs: int = 30, seed: int = 0
-) -> Labelling:
+def label_leiden(cells: ad.AnnData, *, resolution: float = 0.5, n_neighbors: int = 15, seed: int = 0) -> Labelling:
+    """Leiden on the neighbour graph of ``obsm['X_integrated']``."""
     import scanpy as sc
 
-    n_comps = min(n_pcs, joint.n_vars - 1, joint.n_obs - 1)
-    sc.pp.pca(joint, n_comps=n_comps, random_state=seed)
-    n_samples = joint.obs["sample"].nunique()
-    if n_samples > 1:
-        import bbknn
-
-        per_batch = max(3, n_neighbors // n_samples)
-        bbknn.bbknn(joint, batch_key="sample", neighbors_within_batch=per_batch, n_pcs=n_comps)
-    else:
-        sc.pp.neighbors(joint, n_neighbors=n_neighbors, n_pcs=n_comps, random_state=seed)
-    sc.tl.leiden(joint, resolution=resolution, flavor="igraph", n_iterations=2, random_state=seed, key_added="leiden")
-    clusters = joint.obs["leiden"].astype(str).to_numpy()
-    markers = rank_markers(joint, clusters, seed=seed)
+    sc.pp.neighbors(cells, n_neighbors=n_neighbors, use_rep=EMBEDDING, random_state=seed)
+    sc.tl.leiden(cells, resolution=resolution, flavor="igraph", n_iterations=2, random_state=seed, key_added="leiden")
+    clusters = cells.obs["leiden"].astype(str).to_numpy()
+    markers = rank_markers(cells, clusters, seed=seed)
     labels, markers = name_groups(clusters, markers)
-    confidence = neighbour_agreement(joint.obsp["connectivities"], clusters)
-    note = f"{len(set(clusters))} clusters at resolution {resolution}" + (" (BBKNN graph)" if n_samples > 1 else "")
+    confidence = neighbour_agreement(cells.obsp["connectivities"], clusters)
+    note = f"{len(set(clusters))} clusters at resolution {resolution}"
     return Labelling(label=labels, confidence=confidence, markers=markers, notes=[note])

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from xenium_assets.labels.joint import UNASSIGNED, LabelError, Labelling
+from xenium_assets.labels.table import UNASSIGNED, LabelError, Labelling
 
 
 def read_marker_file(path: str | Path) -> dict[str, list[str]]:
@@ -29,12 +29,12 @@ def read_marker_file(path: str | Path) -> dict[str, list[str]]:
 
 
 def label_markers(
-    joint: ad.AnnData, markers: dict[str, list[str]], *, margin: float = 0.1, temperature: float = 0.25, seed: int = 0
+    cells: ad.AnnData, markers: dict[str, list[str]], *, margin: float = 0.1, temperature: float = 0.25, seed: int = 0
 ) -> Labelling:
     import scanpy as sc
 
     notes = []
-    panel = set(joint.var_names)
+    panel = set(cells.var_names)
     usable: dict[str, list[str]] = {}
     for cls, genes in markers.items():
         present = [g for g in genes if g in panel]
@@ -45,13 +45,13 @@ def label_markers(
             raise LabelError(f"class {cls!r}: none of its marker genes ({', '.join(genes)}) is in the panel")
         usable[cls] = present
     classes = list(usable)
-    scores = np.zeros((joint.n_obs, len(classes)))
+    scores = np.zeros((cells.n_obs, len(classes)))
     # scanpy draws control genes per expression bin; a 300-gene panel cannot fill its default 25 bins.
-    n_bins = max(1, min(25, joint.n_vars // 10))
+    n_bins = max(1, min(25, cells.n_vars // 10))
     for k, cls in enumerate(classes):
-        ctrl = max(1, min(50, joint.n_vars - len(usable[cls])))
-        sc.tl.score_genes(joint, usable[cls], ctrl_size=ctrl, n_bins=n_bins, score_name="_score", random_state=seed)
-        scores[:, k] = joint.obs.pop("_score").to_numpy()
+        ctrl = max(1, min(50, cells.n_vars - len(usable[cls])))
+        sc.tl.score_genes(cells, usable[cls], ctrl_size=ctrl, n_bins=n_bins, score_name="_score", random_state=seed)
+        scores[:, k] = cells.obs.pop("_score").to_numpy()
     order = np.argsort(scores, axis=1)
     best = order[:, -1]
     top = scores[np.arange(len(best)), best]

@@ -1,5 +1,7 @@
 """Cut the patches of one tile: DAPI crops by fancy indexing, masks from a compiled scan conversion.
 
+Pixels never depend on labels: every valid cell gets its patch, labelled or not, and labels are joined
+by key (``sample/cell_id``) when training reads the shards, so a label change never re-cuts a shard.
 ``plan_cells`` decides, for all cells of a sample at once, which are eligible and why the others are
 skipped, and groups them by owning tile. ``extract_tile`` (a dask task) then works through its tile
 in equal blocks of at most BLOCK_PX² plus a half-patch halo, so memory does not grow with tile or
@@ -42,23 +44,23 @@ RAW_REASONS = {
     "centroid_off_image": "off_image",
     "duplicate_cell_id": "invalid_id",
     "no_cell_boundary": "no_cell_boundary",
-    "not_in_matrix": "no_label",
+    "not_in_matrix": "not_in_matrix",
 }
-SKIP_ORDER = ("off_image", "invalid_id", "invalid_polygon", "no_cell_boundary", "no_nucleus", "no_label")
+SKIP_ORDER = ("off_image", "invalid_id", "invalid_polygon", "no_cell_boundary", "no_nucleus", "not_in_matrix")
 
 
 def plan_cells(
-    cells: pd.DataFrame, labels: pd.DataFrame, problems: pd.DataFrame, shape: tuple[int, int]
+    cells: pd.DataFrame, problems: pd.DataFrame, shape: tuple[int, int]
 ) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
-    """Eligible cells (with their label columns, sorted by tile, then cell id) and skipped cells per tile by reason.
+    """Eligible cells (sorted by tile, then cell id) and skipped cells per tile by reason.
 
-    ``cells``: the geometry table (cell_id, tile, centre, areas, n_nuclei); ``labels``: this sample's
-    rows of the label table; ``problems``: raw_bundle's invalid cells (cell_id, reason).
+    ``cells``: the geometry table (cell_id, tile, centre, areas, n_nuclei); ``problems``: raw_bundle's
+    invalid cells (cell_id, reason).
     Reasons are small integers until the counts, and the sort is arrow's: with the same rules on strings (object
     comparisons, pandas' sort of object ids, a value count per tile) ``tile_tasks`` took 0.49-0.58 s for a
     100,000-cell sample, now 0.32-0.36 s, all of it while the workers wait.
     """
-    frame = cells.merge(labels, on="cell_id", how="left")
+    frame = cells
     none = len(SKIP_ORDER)
     raw = problems["reason"].map(RAW_REASONS).fillna("invalid_polygon").map(SKIP_ORDER.index)
     raw_code = raw.groupby(problems["cell_id"].to_numpy()).min()
@@ -71,14 +73,10 @@ def plan_cells(
         ("off_image", off),
         ("no_cell_boundary", frame["cell_area_um2"].to_numpy() <= 0),
         ("no_nucleus", frame["n_nuclei"].to_numpy() == 0),
-        ("no_label", frame["label"].isna().to_numpy()),
     ):
         code[mask] = np.minimum(code[mask], SKIP_ORDER.index(name))
     code = np.minimum(code, from_raw)
     reason = np.asarray(SKIP_ORDER + ("",), dtype=object)[code]
-    excluded = frame.pop("excluded_reason").fillna("").to_numpy(dtype=object)
-    later = (code == none) & (excluded != "")
-    reason[later] = "excluded_" + excluded[later]
     skip = reason != ""
     counts = pd.DataFrame({"tile": frame["tile"].to_numpy()[skip], "reason": reason[skip]}).value_counts()
     skipped: dict[str, dict[str, int]] = {}
@@ -117,7 +115,8 @@ class TileTask:
     spec: PatchSpec = field(default_factory=PatchSpec)
     percentiles: dict[str, float] = field(default_factory=dict)
     max_per_shard: int = shards.MAX_SAMPLES_PER_SHARD
-    examples_per_class: int = 3
+    examples: int = 3
+    """Patches of the tile kept for the gallery picture."""
 
 
 def tile_tasks(
@@ -125,7 +124,6 @@ def tile_tasks(
     store: DapiStore,
     geometry_dir: Path,
     problems: pd.DataFrame,
-    labels: pd.DataFrame,
     tiles: list[str],
     out_root: Path,
     spec: PatchSpec,
@@ -133,8 +131,7 @@ def tile_tasks(
 ) -> list[TileTask]:
     """One task per requested tile, eligibility decided for the whole sample at once.
 
-    ``problems``: raw_bundle's invalid cells; ``labels``: this sample's label rows; ``options``:
-    TileTask fields such as max_per_shard and examples_per_class.
+    ``problems``: raw_bundle's invalid cells; ``options``: TileTask fields such as max_per_shard and examples.
     """
     split = read_target_grid(geometry_dir)
     if split is not None and (tuple(split.shape), split.pixel_size_um) != (tuple(store.shape), store.pixel_size_um):
@@ -144,7 +141,7 @@ def tile_tasks(
             "and dapi_zarr with the same patch geometry"
         )
     cells = pq.read_table(Path(geometry_dir) / CELLS).to_pandas()
-    eligible, skipped = plan_cells(cells, labels.drop(columns=["sample"], errors="ignore"), problems, store.shape)
+    eligible, skipped = plan_cells(cells, problems, store.shape)
     by_tile = _by_tile(eligible)
     return [
         TileTask(
@@ -297,10 +294,6 @@ def _metadata(task: TileTask, cells: pd.DataFrame, top: np.ndarray, left: np.nda
         # One dumps per column: JSON's own spelling of every float (NaN, Infinity included).
         return dumps(np.asarray(values, dtype=float).tolist())[1:-1].split(", ") if len(values) else []
 
-    def strings(values: pd.Series) -> list[str]:
-        text = {v: dumps(v) for v in pd.unique(values)}
-        return [text[v] for v in values]
-
     flag_names = [("edge_padded", edge), ("multinucleate", cells["n_nuclei"].to_numpy() > 1)]
     flag_text = {}
     flags = []
@@ -310,13 +303,10 @@ def _metadata(task: TileTask, cells: pd.DataFrame, top: np.ndarray, left: np.nda
             flag_text[on] = dumps(names + (["resampled"] if task.resampled else []))
         flags.append(flag_text[on])
     head = f'{{"sample": {dumps(task.sample)}, "cell_id": '
-    tile = f', "tile": {dumps(task.tile)}, "label": '
+    tile = f', "tile": {dumps(task.tile)}'
     pixel = f', "pixel_size_um": {dumps(float(task.pixel_size_um))}, "patch_um": {dumps(float(task.spec.size_um))}'
     columns = zip(
         map(json.encoder.encode_basestring_ascii, cells["cell_id"].astype(str)),
-        strings(cells["label"]),
-        strings(cells["label_version"]),
-        numbers(cells["confidence"]),
         numbers(cells["nucleus_area_um2"]),
         numbers(cells["cell_area_um2"]),
         numbers(cells["x_um"]),
@@ -328,11 +318,10 @@ def _metadata(task: TileTask, cells: pd.DataFrame, top: np.ndarray, left: np.nda
     )
     return [
         (
-            f'{head}{cid}{tile}{label}, "label_version": {version}, "confidence": {conf}, '
-            f'"nucleus_area_um2": {nuc}, "cell_area_um2": {area}{pixel}, "centroid_um": [{x}, {y}], '
-            f'"origin_px": [{t}, {l_}], "flags": {flag}}}'
+            f'{head}{cid}{tile}, "nucleus_area_um2": {nuc}, "cell_area_um2": {area}{pixel}, '
+            f'"centroid_um": [{x}, {y}], "origin_px": [{t}, {l_}], "flags": {flag}}}'
         ).encode()
-        for cid, label, version, conf, nuc, area, x, y, t, l_, flag in columns
+        for cid, nuc, area, x, y, t, l_, flag in columns
     ]
 
 
@@ -374,10 +363,8 @@ def extract_tile(task: TileTask) -> dict:
     top = np.floor(row_px - half + 0.5).astype(np.int64)
     left = np.floor(col_px - half + 0.5).astype(np.int64)
     edge = ~((top >= 0) & (left >= 0) & (top + size <= height) & (left + size <= width))
-    cell_labels = cells["label"].to_numpy()
-    wanted = dict.fromkeys(pd.unique(cell_labels), task.examples_per_class)
     shard_of = np.full(len(cells), None, dtype=object)
-    examples: dict[str, list] = {}
+    examples: list[tuple[np.ndarray, np.ndarray]] = []
     writer = shards.TileShardWriter(out, max_count=task.max_per_shard)
     try:
         for block in tile_window(task.tile, height, width).split(BLOCK_PX):
@@ -402,11 +389,8 @@ def extract_tile(task: TileTask) -> dict:
                 samples.dapi[...] = crop(pixels, top[chunk] - region.y0, left[chunk] - region.x0, size)
                 masks(owners[chunk], top[chunk], left[chunk], out=samples.mask)
                 shard_of[chunk] = writer.write(samples)
-                for j, i in enumerate(chunk if wanted else ()):  # until every class has its examples
-                    if wanted.get(cell_labels[i], 0) > 0:
-                        wanted[cell_labels[i]] -= 1
-                        examples.setdefault(cell_labels[i], []).append((samples.dapi[j].copy(), samples.mask[j].copy()))
-                wanted = {label: left_ for label, left_ in wanted.items() if left_ > 0}
+                for j in range(min(len(chunk), task.examples - len(examples))):
+                    examples.append((samples.dapi[j].copy(), samples.mask[j].copy()))
                 # Freed before the next chunk and block are made, not when their names are rebound
                 # (after them): otherwise two blocks' pixels are alive at once, in tiles of several blocks.
                 del samples
@@ -418,9 +402,6 @@ def extract_tile(task: TileTask) -> dict:
         {
             "key": sample_keys(task.sample, cell_ids[written]),
             "cell_id": cell_ids[written],
-            "label": cells["label"].to_numpy()[written],
-            "confidence": cells["confidence"].to_numpy(dtype=float)[written],
-            "label_version": cells["label_version"].to_numpy()[written],
             "shard": shard_of[written],
             "x_um": cells["x_um"].to_numpy()[written],
             "y_um": cells["y_um"].to_numpy()[written],
@@ -433,7 +414,6 @@ def extract_tile(task: TileTask) -> dict:
         "tile": task.tile,
         "n_patches": len(index),
         "skipped": task.skipped,
-        "class_counts": index["label"].value_counts().to_dict(),
         "shards": published,
         "patch_px": size,
         "pixel_size_um": task.pixel_size_um,

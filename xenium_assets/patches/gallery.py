@@ -1,5 +1,5 @@
-"""A picture of example patches per class: DAPI with the nucleus (cyan) and the cell (yellow) outlines;
-the perinuclear mask is the ring between them."""
+"""A picture of example patches, a row per group (a tile, or a class): DAPI with the nucleus (cyan) and the
+cell (yellow) outlines; the perinuclear mask is the ring between them."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from xenium_assets.patches.extract import MASK_NUCLEUS
 from xenium_assets.plots import png_bytes
 
 
-def gallery(examples: dict[str, list[tuple[np.ndarray, np.ndarray]]], per_class: int = 6) -> bytes:
+def gallery(examples: dict[str, list[tuple[np.ndarray, np.ndarray]]], per_row: int = 6) -> bytes:
     classes = sorted(examples)
-    cols = max(1, min(per_class, max((len(v) for v in examples.values()), default=1)))
+    cols = max(1, min(per_row, max((len(v) for v in examples.values()), default=1)))
     fig, axes = plt.subplots(
         max(1, len(classes)), cols, figsize=(1.6 * cols, 1.7 * max(1, len(classes))), squeeze=False
     )

@@ -165,6 +165,8 @@ class Panel:
 
     genes: tuple[str, ...]
     mean: np.ndarray  # (n_classes, n_genes) expected counts per cell
+    depth: float = 1.0
+    """The sample's sequencing depth: every cell's expected counts are scaled by it."""
 
 
 def build_panel(classes: tuple[CellClass, ...], rng: np.random.Generator) -> Panel:
@@ -180,8 +182,27 @@ def build_panel(classes: tuple[CellClass, ...], rng: np.random.Generator) -> Pan
     return Panel(genes=genes, mean=mean)
 
 
+def shift_panel(panel: Panel, classes: tuple[CellClass, ...], shift: float, rng: np.random.Generator) -> Panel:
+    """The panel as one sample measures it: a batch effect, as between runs and tissues.
+
+    Every non-marker entry of the mean matrix (a gene in the classes it does not mark, and the shared genes)
+    is scaled by this sample's own factor for that gene, exp(N(0, shift)), and the sample's depth by
+    exp(N(0, shift / 2)); a class's markers keep their level. Zero leaves the panel as it is.
+    """
+    if shift <= 0:
+        return panel
+    marker = np.zeros(panel.mean.shape, dtype=bool)
+    col = 0
+    for k, c in enumerate(classes):
+        marker[k, col : col + len(c.markers)] = True
+        col += len(c.markers)
+    factor = np.exp(rng.normal(0, shift, len(panel.genes)))
+    mean = np.where(marker, panel.mean, panel.mean * factor[None, :])
+    return Panel(genes=panel.genes, mean=mean, depth=float(np.exp(rng.normal(0, shift / 2))))
+
+
 def draw_counts(panel: Panel, cls: np.ndarray, rng: np.random.Generator, dispersion: float = 2.0) -> np.ndarray:
     """Gene counts per cell from a negative binomial (overdispersed like real spatial counts)."""
-    size_factor = np.exp(rng.normal(0, 0.35, len(cls)))
+    size_factor = panel.depth * np.exp(rng.normal(0, 0.35, len(cls)))
     mu = panel.mean[cls] * size_factor[:, None]
     return rng.negative_binomial(dispersion, dispersion / (dispersion + mu)).astype(np.int32)

@@ -69,6 +69,9 @@ class SynthParams:
     pixel_size: float = XENIUM_PIXEL_SIZE_UM
     region_name: str | None = None
     workers: int = 0
+    expression_shift: float = 0.0
+    """A batch effect of this sample's own: SD of the log factor on each non-marker gene's baseline (and half of
+    it on the depth); see ``biology.shift_panel``. 0: none."""
 
     def __post_init__(self) -> None:
         if self.version not in PROFILES:
@@ -79,6 +82,8 @@ class SynthParams:
             raise ValueError(f"n_classes must be between 2 and {len(biology.CLASSES)}")
         if self.tile % 16:
             raise ValueError("tile must be a multiple of 16 (TIFF)")
+        if self.expression_shift < 0:
+            raise ValueError("expression_shift must be 0 (none) or positive")
 
 
 @dataclass(frozen=True)
@@ -342,6 +347,8 @@ def generate_bundle(
     outlines = build_outlines(pop, width_um, height_um, params.pixel_size)
     ids = _cell_ids(params.n_cells, profile, rng)
     panel = biology.build_panel(classes, rng)
+    # A stream of its own, so that bundles without a shift stay what the same seed always made.
+    panel = biology.shift_panel(panel, classes, params.expression_shift, np.random.default_rng([params.seed, 1]))
     features = tables.build_features(panel.genes, profile)
     counts, qc_flag = _counts(panel, features, cls, rng)
     progress("tissue", 1, 1)
@@ -481,6 +488,7 @@ def generate_bundle(
                 "n_nuclei": n_nuc,
                 "n_transcripts": writer.rows,
                 "null": params.null,
+                "expression_depth": panel.depth,
                 "gene_feature_type": FeatureType.GENE.value,
             },
         )

@@ -1,9 +1,12 @@
-"""The one place data enters training: WebDataset shards streamed into tensors.
+"""The one place data enters training: WebDataset shards streamed into tensors, labels joined by key.
 
-Nothing loads a whole dataset: shards are read in order (test) or shuffled shard-wise with a sample
-shuffle buffer (train), decoded per sample, normalised with the sample's robust DAPI percentiles
-(recorded when the shards were made), augmented the way microscopy allows (90° rotations and flips,
-small intensity and gamma jitter, noise, optional blur; masks move with the image), and batched.
+Shards hold pixels, masks and provenance only; a cell's label comes from the labels table of the
+chosen reference version, by its key (``sample/cell_id``), so relabelling never re-cuts a shard and
+cells without a usable label are simply not drawn. Nothing loads a whole dataset: shards are read in
+order (test) or shuffled shard-wise with a sample shuffle buffer (train), decoded per sample,
+normalised with the sample's robust DAPI percentiles (recorded when the shards were made), augmented
+the way microscopy allows (90° rotations and flips, small intensity and gamma jitter, noise, optional
+blur; masks move with the image), and batched.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ def loader_workers(requested: int | None) -> int:
     return max(0, min(4, cpus - 2))
 
 
+LABEL_FIELDS = ("label", "confidence", "label_version")
+"""Columns that shard indexes of earlier versions carried; labels now come from the labels table only."""
+
+
 def load_index(sample_dirs: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, tuple[float, float]]]:
     """All tiles' index rows with sample, tile and shard path, and each sample's DAPI (low, high) percentiles."""
     frames, percentiles = [], {}
@@ -63,7 +70,7 @@ def load_index(sample_dirs: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, tu
         tiles = sorted(p.parent for p in Path(folder).glob(f"*/{INDEX}"))
         if not tiles:
             continue
-        frame = read_index(tiles)
+        frame = read_index(tiles).drop(columns=list(LABEL_FIELDS), errors="ignore")
         if len(frame):
             frame.insert(0, "tile", frame["path"].map(lambda p: Path(p).parent.name))
             frame.insert(0, "sample", sample)
@@ -71,8 +78,13 @@ def load_index(sample_dirs: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, tu
         meta = json.loads(index_metadata(tiles[0]).get("dapi_percentiles", "{}"))
         percentiles[sample] = (float(meta.get(LOW, 0.0)), float(meta.get(HIGH, 65535.0)))
     if not frames:
-        return pd.DataFrame(columns=["sample", "tile", "key", "label", "path"]), percentiles
+        return pd.DataFrame(columns=["sample", "tile", "key", "path"]), percentiles
     return pd.concat(frames, ignore_index=True), percentiles
+
+
+def join_labels(index: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """The index rows of cells with a usable label (``labels``: key, label, confidence), the label joined on."""
+    return index.merge(labels[["key", "label", "confidence"]], on="key", how="inner", validate="one_to_one")
 
 
 def to_input(dapi: np.ndarray, mask: np.ndarray, low: float, high: float, representation: str) -> torch.Tensor:
@@ -138,12 +150,15 @@ class PatchDataModule(L.LightningDataModule):
         splits: ShardSplits,
         classes: list[str],
         percentiles: dict[str, tuple[float, float]],
+        labels: dict[str, str],
         config: DataConfig = DataConfig(),
         seed: int = 0,
     ) -> None:
+        """``labels``: key -> label of the cells to draw (others in the shards are skipped)."""
         super().__init__()
         self.splits, self.classes, self.percentiles, self.config, self.seed = splits, classes, percentiles, config, seed
         self.class_index = {c: i for i, c in enumerate(classes)}
+        self.targets = {key: self.class_index[label] for key, label in labels.items() if label in self.class_index}
         train = splits.class_counts.get("train", {})
         smallest = min((train.get(c, 0) for c in classes if train.get(c, 0) > 0), default=1)
         self.keep = {c: smallest / max(train.get(c, 1), 1) for c in classes}
@@ -161,7 +176,7 @@ class PatchDataModule(L.LightningDataModule):
         return torch.tensor(weights / max(weights[weights > 0].mean(), 1e-9), dtype=torch.float32)
 
     def _prepare(self, train: bool):
-        cfg, percentiles, index, size = self.config, self.percentiles, self.class_index, self.config.input_px
+        cfg, percentiles, targets, size = self.config, self.percentiles, self.targets, self.config.input_px
 
         def sample_to_tensors(sample: dict) -> tuple[torch.Tensor, int, str]:
             meta = sample["json"]
@@ -171,7 +186,7 @@ class PatchDataModule(L.LightningDataModule):
                 seed = zlib.crc32(sample["__key__"].encode()) + 7919 * self._epoch_seed() + self.seed
                 generator = torch.Generator().manual_seed(seed % 2**63)
                 x = augment(x, generator, cfg.blur)
-            return x, index[meta["label"]], sample["__key__"]
+            return x, targets[sample["__key__"]], sample["__key__"]
 
         return sample_to_tensors
 
@@ -189,13 +204,15 @@ class PatchDataModule(L.LightningDataModule):
             empty_check=False,
             seed=self.seed,
         )
+        # Cells without a usable label are dropped first: they take no room in the shuffle buffer and no decoding.
+        ds = ds.select(lambda s: s["__key__"] in self.targets)
         if train:
             ds = ds.shuffle(self.config.shuffle_buffer, seed=self.seed)
         ds = ds.decode()
-        ds = ds.select(lambda s: s["json"]["label"] in self.class_index)
         if train and self.config.balance == "undersample":
             rng = np.random.default_rng(self.seed)
-            ds = ds.select(lambda s: rng.random() < self.keep[s["json"]["label"]])
+            keep = [self.keep[c] for c in self.classes]
+            ds = ds.select(lambda s: rng.random() < keep[self.targets[s["__key__"]]])
         return ds.map(self._prepare(train))
 
     def _workers(self, split: str) -> int:
@@ -227,19 +244,23 @@ class PatchDataModule(L.LightningDataModule):
         return self._loader("test", False)
 
 
-def iter_patches(urls: list[str], percentiles: dict[str, tuple[float, float]], batch: int = 512):
-    """Plain (un-augmented) patches in shard order, in batches: (normalised DAPI, mask, label, key, meta)."""
-    dapi, masks, labels, keys, metas = [], [], [], [], []
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode():
+def iter_patches(
+    urls: list[str], percentiles: dict[str, tuple[float, float]], labels: dict[str, str], batch: int = 512
+):
+    """Plain (un-augmented) patches of the cells in ``labels`` (key -> label), in shard order, in batches:
+    (normalised DAPI, mask, label, key, meta)."""
+    dapi, masks, labels_, keys, metas = [], [], [], [], []
+    stream = wds.WebDataset(urls, shardshuffle=False, empty_check=False).select(lambda s: s["__key__"] in labels)
+    for sample in stream.decode():
         meta = sample["json"]
         low, high = percentiles.get(meta["sample"], (0.0, 65535.0))
         dapi.append((sample["dapi.npy"].astype(np.float32) - low) / max(high - low, 1.0))
         masks.append(sample["mask.npy"])
-        labels.append(meta["label"])
+        labels_.append(labels[sample["__key__"]])
         keys.append(sample["__key__"])
         metas.append(meta)
         if len(keys) == batch:
-            yield np.stack(dapi), np.stack(masks), labels, keys, metas
-            dapi, masks, labels, keys, metas = [], [], [], [], []
+            yield np.stack(dapi), np.stack(masks), labels_, keys, metas
+            dapi, masks, labels_, keys, metas = [], [], [], [], []
     if keys:
-        yield np.stack(dapi), np.stack(masks), labels, keys, metas
+        yield np.stack(dapi), np.stack(masks), labels_, keys, metas

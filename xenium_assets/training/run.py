@@ -1,5 +1,6 @@
 """Train a model on the shards and evaluate it: the two functions the Dagster assets call.
 
+Both take the shards and the labels of one reference version (key, label, confidence), joined by key.
 A trained model is a folder: ``best.ckpt``, ``model.json`` (classes, label version, input
 representation, normalisation, split), ``split.parquet`` (tile -> split) and ``history.csv``.
 Evaluation rebuilds the same test split from it, so a report can always be re-made from a model.
@@ -17,8 +18,9 @@ import pandas as pd
 import torch
 
 from xenium_assets.atomic import atomic_file, write_json
+from xenium_assets.labels.table import MIN_CLASS_CELLS
 from xenium_assets.training import report as figures
-from xenium_assets.training.data import DataConfig, PatchDataModule, iter_patches, load_index, shard_splits
+from xenium_assets.training.data import DataConfig, PatchDataModule, iter_patches, join_labels, load_index, shard_splits
 from xenium_assets.training.evaluate import (
     FEATURE_NAMES,
     Evaluation,
@@ -50,7 +52,7 @@ class TrainedModel:
     classes: list[str]
     dropped_classes: dict[str, int]
     split_counts: pd.DataFrame
-    label_versions: list[str]
+    label_version: str
     shards: list[str]
 
 
@@ -67,24 +69,41 @@ def select_classes(index: pd.DataFrame, min_cells: int) -> tuple[list[str], dict
 def _datamodule(
     index: pd.DataFrame, assignment: pd.DataFrame, classes: list[str], percentiles: dict, data: DataConfig, seed: int
 ) -> PatchDataModule:
-    return PatchDataModule(shard_splits(index, assignment), classes, percentiles, data, seed=seed)
+    labels = dict(zip(index["key"], index["label"], strict=True))
+    return PatchDataModule(shard_splits(index, assignment), classes, percentiles, labels, data, seed=seed)
+
+
+def labelled_index(
+    sample_dirs: dict[str, Path], labels: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, tuple[float, float]]]:
+    """The shard index of the cells with a usable label, the label joined on by key; the DAPI percentiles."""
+    index, percentiles = load_index(sample_dirs)
+    if index.empty:
+        raise TrainingError("no patch shards: materialize patch_shards first")
+    joined = join_labels(index, labels)
+    if joined.empty:
+        raise TrainingError(
+            f"none of the {len(index):,} patches has a usable label: materialize cell_labels for the shards' samples"
+        )
+    return joined, percentiles
 
 
 def train_model(
     sample_dirs: dict[str, Path],
+    labels: pd.DataFrame,
+    label_version: str,
     out_dir: Path,
     *,
     data: DataConfig = DataConfig(),
     train: TrainConfig = TrainConfig(),
     split: SplitConfig = SplitConfig(),
-    min_class_cells: int = 20,
+    min_class_cells: int = MIN_CLASS_CELLS,
     loggers: list | None = None,
     report: Callable[[str], None] = print,
 ) -> TrainedModel:
-    """Spatial split of the shards, then fit; classes with fewer than ``min_class_cells`` patches are left out."""
-    index, percentiles = load_index(sample_dirs)
-    if index.empty:
-        raise TrainingError("no patch shards: materialize patch_shards first")
+    """Spatial split of the shards' labelled cells (``labels``: key, label, confidence of one reference version),
+    then fit; classes with fewer than ``min_class_cells`` patches are left out."""
+    index, percentiles = labelled_index(sample_dirs, labels)
     classes, dropped = select_classes(index, min_class_cells)
     index = index[index["label"].isin(classes)]
     assignment = spatial_split(index, classes, split)
@@ -98,13 +117,12 @@ def train_model(
         assignment.to_parquet(tmp)
     with atomic_file(out_dir / HISTORY) as tmp:
         result.history.to_csv(tmp, index=False)
-    label_versions = sorted(index["label_version"].unique())
     write_json(
         out_dir / MODEL_CARD,
         {
             "classes": classes,
             "dropped_classes": dropped,
-            "label_versions": label_versions,
+            "label_version": label_version,
             "samples": sorted(sample_dirs),
             "percentiles": {k: list(v) for k, v in percentiles.items()},
             "data": asdict(data),
@@ -117,13 +135,16 @@ def train_model(
         },
     )
     shards = sorted(index["path"].unique())
-    return TrainedModel(out_dir, result, classes, dropped, split_summary(index, assignment), label_versions, shards)
+    return TrainedModel(out_dir, result, classes, dropped, split_summary(index, assignment), label_version, shards)
 
 
-def _features(urls: list[str], percentiles: dict, limit: int | None = None) -> tuple[np.ndarray, list[str], list[str]]:
-    """Morphology features, labels and keys of the shards' cells, in shard order (the first ``limit`` if given)."""
+def _features(
+    urls: list[str], percentiles: dict, labelled: dict[str, str], limit: int | None = None
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Morphology features, labels and keys of the shards' ``labelled`` cells (key -> label), in shard order (the
+    first ``limit`` if given)."""
     feats, labels, keys = [], [], []
-    for dapi, mask, batch_labels, batch_keys, _ in iter_patches(urls, percentiles):
+    for dapi, mask, batch_labels, batch_keys, _ in iter_patches(urls, percentiles, labelled):
         feats.append(morphology_features(dapi, mask))
         labels += batch_labels
         keys += batch_keys
@@ -136,16 +157,19 @@ def _features(urls: list[str], percentiles: dict, limit: int | None = None) -> t
 def evaluate_model(
     model_dir: Path,
     sample_dirs: dict[str, Path],
+    labels: pd.DataFrame,
     out_dir: Path,
     *,
     seed: int = 0,
     morphology_train_cells: int = MORPHOLOGY_TRAIN_CELLS,
     report: Callable[[str], None] = print,
 ) -> tuple[Evaluation, figures.Report, pd.DataFrame]:
-    """Test-split metrics, baselines, permutation test and pictures; writes the report into ``out_dir``."""
+    """Test-split metrics, baselines, permutation test and pictures; writes the report into ``out_dir``.
+
+    ``labels``: key, label, confidence in the reference version the model was trained on (its card says which)."""
     card = json.loads((model_dir / MODEL_CARD).read_text())
     classes = card["classes"]
-    index, _ = load_index(sample_dirs)
+    index, _ = labelled_index(sample_dirs, labels)
     index = index[index["label"].isin(classes)]
     percentiles = {k: tuple(v) for k, v in card["percentiles"].items()}
     assignment = pd.read_parquet(model_dir / SPLIT)
@@ -163,8 +187,9 @@ def evaluate_model(
     if len(train_y) > morphology_train_cells:
         train_urls = list(np.random.default_rng(seed).permutation(train_urls))
     report("morphology features of the train and test splits")
-    train_x, train_labels, _ = _features(train_urls, percentiles, limit=morphology_train_cells)
-    test_x, _, test_keys = _features(datamodule.splits.urls["test"], percentiles)
+    labelled = dict(zip(index["key"], index["label"], strict=True))
+    train_x, train_labels, _ = _features(train_urls, percentiles, labelled, limit=morphology_train_cells)
+    test_x, _, test_keys = _features(datamodule.splits.urls["test"], percentiles, labelled)
     morph_y = np.array([class_index[c] for c in train_labels])
     morph = pd.Series(morphology_baseline(train_x, morph_y, test_x, seed=seed), index=test_keys).loc[test["key"]]
     y = test["y"].to_numpy()
@@ -232,7 +257,7 @@ def _build_report(
                 f"{morphology_cells[0]:,} of the {morphology_cells[1]:,} train cells.",
                 f"- Split: {card['split_description']}. Whole tiles go to one split, so neighbours of a test "
                 "cell are never trained on; a per-cell random split would overstate accuracy.",
-                f"- Labels: {', '.join(card['label_versions'])}; input: {card['data']['representation']} at "
+                f"- Labels: reference {card['label_version']}; input: {card['data']['representation']} at "
                 f"{card['data']['input_px']} px; backbone {card['train']['backbone']} (no pretrained weights).",
             ]
         ),
@@ -293,7 +318,8 @@ def _saliency(
     chosen = test.groupby(["label", "correct"], group_keys=False).head(SALIENCY_PER_GROUP)
     wanted = set(chosen["key"])
     patches: dict[str, tuple] = {}
-    for dapi, mask, _, keys, metas in iter_patches(datamodule.splits.urls["test"], percentiles):
+    labelled = dict(zip(test["key"], test["label"], strict=True))
+    for dapi, mask, _, keys, metas in iter_patches(datamodule.splits.urls["test"], percentiles, labelled):
         for i, key in enumerate(keys):
             if key in wanted:
                 patches[key] = (dapi[i], mask[i], metas[i])

@@ -71,9 +71,14 @@ class ViewData:
 
 
 def _labels(paths: ProjectPaths, sample: str) -> pd.DataFrame | None:
-    if not paths.labels_table.exists():
+    """The sample's labels in the latest label reference, if it has been placed in it."""
+    from xenium_assets.labels.store import latest_version
+
+    version = latest_version(paths)
+    path = paths.sample_labels(sample, version) if version else None
+    if path is None or not path.exists():
         return None
-    table = pq.read_table(paths.labels_table, filters=[("sample", "==", sample)]).to_pandas()
+    table = pq.read_table(path).to_pandas()
     return table if len(table) else None
 
 
@@ -92,9 +97,14 @@ def _predictions(paths: ProjectPaths, sample: str) -> pd.DataFrame | None:
     return table.assign(cell_id=table["key"].str.slice(len(sample) + 1))
 
 
-def _patches(paths: ProjectPaths, sample: str) -> pd.DataFrame | None:
+def _patches(paths: ProjectPaths, sample: str, labels: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The sample's shard index, with each usable cell's label joined on by cell id (shards hold no labels)."""
     tiles = sorted(p.parent for p in paths.asset_dir(sample, "patch_shards").glob(f"*/{INDEX}"))
-    index = read_index(tiles)
+    index = read_index(tiles).drop(columns=["label", "confidence", "label_version"], errors="ignore")
+    if not len(index) or labels is None:
+        return None
+    usable = labels.loc[labels["excluded_reason"] == "", ["cell_id", "label"]]
+    index = index.merge(usable, on="cell_id", how="inner")
     return index if len(index) else None
 
 
@@ -114,13 +124,14 @@ def load_view_data(
     progress("read cell and nucleus polygons", 0, 1)
     geometry = read_geometry(manifest)
     progress("read cell and nucleus polygons", 1, 1)
+    labels = _labels(paths, sample)
     return ViewData(
         sample=sample,
         manifest=manifest,
         geometry=geometry,
-        labels=_labels(paths, sample),
+        labels=labels,
         predictions=_predictions(paths, sample),
-        patches=_patches(paths, sample),
+        patches=_patches(paths, sample, labels),
         transcripts=read_transcripts(manifest, genes) if genes else None,
     )
 

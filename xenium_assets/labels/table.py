@@ -1,4 +1,4 @@
-"""The joint matrix of all samples, cluster naming by marker genes, exclusions and versioning."""
+"""The labels table, what a labelling method returns, class names from marker genes, and versions."""
 
 from __future__ import annotations
 
@@ -6,23 +6,28 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # the Dagster layer imports this module: anndata is loaded only where cells are
+    import anndata as ad
 
 UNASSIGNED = "Unassigned"
 LABEL_COLUMNS = ("sample", "cell_id", "label", "confidence", "excluded_reason", "label_version")
 RANK_CELLS_PER_GROUP = 2000
+MIN_CLASS_CELLS = 20
+"""A class with fewer cells is left out: rare in the reference (its cells excluded), or untrainable."""
 
 
 class LabelError(ValueError):
-    """The labelling cannot be done as configured (bad marker file, reference without shared genes...)."""
+    """The labelling cannot be done as configured (bad marker file, reference of another panel...)."""
 
 
 @dataclass
 class Labelling:
-    """What a method returns: a label and a confidence in [0, 1] per cell of the joint matrix."""
+    """What a method returns: a label and a confidence in [0, 1] per cell it was given."""
 
     label: np.ndarray
     confidence: np.ndarray
@@ -31,32 +36,7 @@ class Labelling:
     notes: list[str] = field(default_factory=list)
 
 
-def joint_matrix(samples: dict[str, ad.AnnData]) -> ad.AnnData:
-    """Concatenate QC'd samples (log-normalised X, raw ``counts`` layer) on their shared genes.
-
-    obs names become 'sample/cell_id', because cell ids repeat across slides.
-    """
-    if not samples:
-        raise LabelError("no sample has a QC'd matrix: materialize qc_adata first")
-    parts = {}
-    for name, adata in samples.items():
-        cell_ids = adata.obs_names.astype(str)
-        obs = pd.DataFrame({"sample": name, "cell_id": cell_ids}, index=name + "/" + cell_ids)
-        parts[name] = ad.AnnData(
-            X=adata.X,
-            obs=obs,
-            var=pd.DataFrame(index=adata.var_names),
-            obsm={"spatial": adata.obsm["spatial"]},
-            layers={"counts": adata.layers["counts"]} if "counts" in adata.layers else None,
-        )
-    joint = ad.concat(parts.values(), join="inner", merge="same")
-    if joint.n_vars < 2:
-        raise LabelError(f"samples {', '.join(samples)} share {joint.n_vars} genes: labels cannot be made jointly")
-    joint.obs["sample"] = pd.Categorical(joint.obs["sample"])
-    return joint
-
-
-def rank_markers(joint: ad.AnnData, groups: np.ndarray, n_top: int = 5, seed: int = 0) -> pd.DataFrame:
+def rank_markers(cells: ad.AnnData, groups: np.ndarray, n_top: int = 5, seed: int = 0) -> pd.DataFrame:
     """Top marker genes per group (Wilcoxon), on at most 2,000 cells per group for speed."""
     import scanpy as sc
 
@@ -65,7 +45,7 @@ def rank_markers(joint: ad.AnnData, groups: np.ndarray, n_top: int = 5, seed: in
     if frame["group"].nunique() < 2:
         return pd.DataFrame(columns=["label", "rank", "gene", "score"])
     take = frame.sample(frac=1.0, random_state=seed).groupby("group").head(RANK_CELLS_PER_GROUP).index.to_numpy()
-    sub = joint[take].copy()
+    sub = cells[take].copy()
     sub.obs["group"] = pd.Categorical(frame.loc[take, "group"].to_numpy())
     sc.tl.rank_genes_groups(sub, "group", method="wilcoxon", n_genes=n_top)
     names = pd.DataFrame(sub.uns["rank_genes_groups"]["names"])
@@ -93,21 +73,26 @@ def name_groups(groups: np.ndarray, markers: pd.DataFrame, n_genes: int = 2) -> 
 
 
 def finalise(
-    joint: ad.AnnData, labelling: Labelling, *, min_confidence: float, min_class_cells: int, version: str
+    sample: str,
+    cell_ids: np.ndarray,
+    labelling: Labelling,
+    *,
+    min_confidence: float,
+    rare_classes: set[str] | frozenset[str],
+    version: str,
 ) -> pd.DataFrame:
-    """The labels table: every cell keeps its label; excluded ones say why (unassigned, low confidence, rare)."""
+    """One sample's labels table: every cell keeps its label; excluded ones say why (unassigned, low confidence,
+    or a class the reference holds too few cells of)."""
     label = pd.Series(labelling.label, dtype=object)
     confidence = pd.Series(labelling.confidence, dtype=float)
     reason = pd.Series("", index=label.index, dtype=object)
     reason[label == UNASSIGNED] = "unassigned"
     reason[(reason == "") & (confidence < min_confidence)] = "low_confidence"
-    sizes = label[reason == ""].value_counts()
-    rare = sizes.index[sizes < min_class_cells]
-    reason[(reason == "") & label.isin(rare)] = "rare_class"
+    reason[(reason == "") & label.isin(list(rare_classes))] = "rare_class"
     table = pd.DataFrame(
         {
-            "sample": joint.obs["sample"].astype(str).to_numpy(),
-            "cell_id": joint.obs["cell_id"].astype(str).to_numpy(),
+            "sample": sample,
+            "cell_id": np.asarray(cell_ids).astype(str),
             "label": label.to_numpy(),
             "confidence": confidence.to_numpy(),
             "excluded_reason": reason.to_numpy(),
