@@ -134,7 +134,7 @@ def test_a_saved_reference_places_cells_as_the_built_one(leiden, shifted, tmp_pa
         LabelReference.load(tmp_path / "nothing")
 
 
-def test_a_sample_of_another_panel_is_refused(leiden, shifted):
+def test_a_sample_of_another_panel_is_refused(leiden, shifted, tmp_path):
     counts = read_counts("c", shifted[0]["c"])
     genes = pd.Index(leiden.reference.genes)
     keep = counts.genes[: len(counts.genes) // 2]
@@ -145,6 +145,14 @@ def test_a_sample_of_another_panel_is_refused(leiden, shifted):
     renamed = SampleCounts("renamed", counts.cell_ids, pd.Index([f"X{g}" for g in counts.genes]), counts.counts)
     with pytest.raises(LabelError, match="measured with another panel"):
         leiden.reference.place(renamed)
+    half = ad.AnnData(
+        X=counts.counts[:, : len(keep)], obs=pd.DataFrame(index=counts.cell_ids), var=pd.DataFrame(index=keep)
+    )
+    half.write_h5ad(tmp_path / "half.h5ad")
+    with pytest.raises(LabelError, match="share only .* genes .* measured with different panels; build one reference"):
+        build_reference(
+            {"a": shifted[0]["a"], "half": tmp_path / "half.h5ad"}, MethodOptions(), ReferenceParams(), "test-v2"
+        )
     one_short = SampleCounts("short", counts.cell_ids, counts.genes[1:], counts.counts[:, 1:])
     _, notes = label_sample(leiden.reference, one_short, min_confidence=0.5)
     assert f"{len(genes.difference(counts.genes[1:]))} reference genes not in short after its QC count as zero" in notes

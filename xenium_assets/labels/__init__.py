@@ -1,6 +1,7 @@
-"""Expression-defined cell labels, one set for all samples, each with a confidence.
+"""Expression-defined cell labels: one label reference, and every sample's cells placed in it.
 
-``joint.py`` builds the cross-sample matrix; one module per method (``leiden``, ``markers``,
-``reference``, ``graphclust``) returns a :class:`~xenium_assets.labels.joint.Labelling`; ``finalise``
-applies exclusions and versions the result.
+``reference.py`` builds the reference from a bounded sketch of samples (``sketch.py``), integrated across
+samples (``integrate.py``), its classes named by one of the methods (``methods.py``: ``leiden``,
+``markers``, ``annotated``, ``graphclust``), and places a sample's cells in it; ``table.py`` is the
+labels table with its exclusions and versions; ``store.py`` says where a project keeps them.
 """

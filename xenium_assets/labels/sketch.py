@@ -27,17 +27,22 @@ FLOOR = 50
 GROUP_PCS = 20
 
 
-def shared_genes(paths: dict[str, Path]) -> tuple[list[str], dict[str, int]]:
-    """Genes every sample has after its QC (in the first sample's order), and each sample's cell count."""
-    shared = None
-    sizes = {}
+def shared_genes(paths: dict[str, Path], min_shared: float) -> tuple[list[str], dict[str, int]]:
+    """Genes every sample has after its QC (in the first sample's order), and each sample's cell count. Samples of
+    different panels (a sample keeping less than ``min_shared`` of its genes in common) are refused: one reference
+    per panel, never one built on what two panels happen to share."""
+    shared, genes_of, sizes = None, {}, {}
     for sample, path in paths.items():
-        genes, sizes[sample] = read_genes(path)
-        shared = genes if shared is None else shared[shared.isin(genes)]
+        genes_of[sample], sizes[sample] = read_genes(path)
+        shared = genes_of[sample] if shared is None else shared[shared.isin(genes_of[sample])]
     if shared is None:
         raise LabelError("no sample has a QC'd matrix: materialize qc_adata first")
-    if len(shared) < 2:
-        raise LabelError(f"samples {', '.join(paths)} share {len(shared)} genes: a reference needs a common panel")
+    if len(shared) < 2 or any(len(shared) < min_shared * len(g) for g in genes_of.values()):
+        counts = ", ".join(f"{s}: {len(g):,}" for s, g in genes_of.items())
+        raise LabelError(
+            f"the samples share only {len(shared):,} genes ({counts}): they were measured with different panels; "
+            "build one reference per panel (label_reference's samples)"
+        )
     return list(shared), sizes
 
 
@@ -112,11 +117,12 @@ def sketch(
     paths: dict[str, Path],
     max_cells: int,
     *,
+    min_shared: float,
     seed: int = 0,
     progress: Progress = no_progress,
 ) -> Sketch:
     """At most ``max_cells`` cells of the samples' QC'd matrices (``paths``: sample -> .h5ad), read one by one."""
-    genes, sizes = shared_genes(paths)
+    genes, sizes = shared_genes(paths, min_shared)
     quota = allocate(sizes, max_cells)
     index = pd.Index(genes)
     parts, samples, cell_ids = [], [], []
