@@ -95,9 +95,9 @@ def _large_sample(h5: Path, n_cells: int, path: Path, seed: int) -> Path:
 
 def _reference_steps(paths: dict[str, Path], max_cells: int, out: Path, progress) -> tuple:
     """Build, save and draw the reference as label_reference does; the built reference and seconds per step."""
-    from xenium_assets.labels.methods import MethodOptions
+    from xenium_assets.labels.options import MethodOptions, ReferenceParams
     from xenium_assets.labels.plots import umap_figure
-    from xenium_assets.labels.reference import ReferenceParams, build_reference
+    from xenium_assets.labels.reference import build_reference
 
     steps: dict[str, float] = {}
 

@@ -18,8 +18,8 @@ from xenium_assets.expression.matrix import read_expression
 from xenium_assets.expression.qc import run_qc
 from xenium_assets.labels.integrate import SoftClusters, same_sample_share
 from xenium_assets.labels.matrix import SampleCounts, on_genes, read_counts
-from xenium_assets.labels.methods import MethodOptions
-from xenium_assets.labels.reference import LabelReference, ReferenceParams, build_reference, label_sample
+from xenium_assets.labels.options import MethodOptions, ReferenceParams
+from xenium_assets.labels.reference import LabelReference, build_reference, label_sample
 from xenium_assets.labels.sketch import allocate, stratified_draw
 from xenium_assets.labels.table import UNASSIGNED, LabelError, Labelling, class_counts, finalise, label_version
 from xenium_assets.synth import truth_paths

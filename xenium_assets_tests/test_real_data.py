@@ -56,8 +56,8 @@ def test_bone_marrow_copies_placed_in_a_reference_keep_its_classes(tmp_path, bun
     panel is refused by it."""
     from xenium_assets.bench import resampled_copies
     from xenium_assets.labels.matrix import read_counts
-    from xenium_assets.labels.methods import MethodOptions
-    from xenium_assets.labels.reference import ReferenceParams, build_reference, label_sample
+    from xenium_assets.labels.options import MethodOptions, ReferenceParams
+    from xenium_assets.labels.reference import build_reference, label_sample
     from xenium_assets.labels.table import LabelError
 
     paths = resampled_copies(BONE_MARROW_H5, 3, tmp_path, 0, lambda *_: None)

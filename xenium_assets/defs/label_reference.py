@@ -1,7 +1,7 @@
 """``label_reference``: the classes, built deliberately from a bounded sketch of chosen samples, and versioned."""
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from dagster import (
     AssetExecutionContext,
@@ -18,11 +18,15 @@ from xenium_assets.defs.metadata import bullet_list, frame_table, image
 from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.qc_adata import ADATA, qc_adata, read_qc_summary
 from xenium_assets.defs.resources import ProjectResource
-from xenium_assets.labels.table import MIN_CLASS_CELLS, UNASSIGNED
+from xenium_assets.labels.options import Method, MethodOptions, ReferenceParams
+from xenium_assets.labels.table import UNASSIGNED
 from xenium_assets.progress import LogProgress
 
 if TYPE_CHECKING:
     from xenium_assets.labels.reference import BuiltReference
+
+
+_METHOD, _PARAMS = MethodOptions(), ReferenceParams()  # the library's defaults, the config's too
 
 
 class ReferenceConfig(Config):
@@ -30,23 +34,23 @@ class ReferenceConfig(Config):
 
     samples: list[str] | None = None
     """Samples to build from (default: every sample with a qc_adata when it is built)."""
-    max_cells: int = 200_000
+    max_cells: int = _PARAMS.max_cells
     """Cells drawn from those samples, at most (each sample an equal share; rare populations kept)."""
-    method: Literal["leiden", "markers", "reference", "xenium_graphclust"] = "leiden"
-    resolution: float = 0.5
+    method: Method = _METHOD.method
+    resolution: float = _METHOD.resolution
     """leiden: higher gives more, smaller clusters."""
     markers_file: str | None = None
     """markers: YAML mapping class -> marker genes."""
-    margin: float = 0.1
+    margin: float = _METHOD.margin
     """markers: how much the best class score must beat the runner-up."""
     reference_file: str | None = None
     """reference: an annotated .h5ad (log-normalised or raw counts) to transfer labels from with ingest."""
-    reference_label_key: str = "cell_type"
+    reference_label_key: str = _METHOD.reference_label_key
     celltypist_model: str | None = None
     """reference: a local CellTypist model file, used instead of reference_file."""
-    integrate: bool = True
+    integrate: bool = _PARAMS.integrate
     """Integrate sample-level shifts away (Harmony; each placed sample's own shift removed)."""
-    min_class_cells: int = MIN_CLASS_CELLS
+    min_class_cells: int = _PARAMS.min_class_cells
     """Classes with fewer sketch cells are rare: their cells are excluded from training."""
     seed: int = 0
 
@@ -124,8 +128,7 @@ def label_reference(
 ) -> MaterializeResult:
     # scanpy, harmonypy and the methods are imported here, not at module level: loading the code location (every
     # run's every step process does) stays fast.
-    from xenium_assets.labels.methods import MethodOptions
-    from xenium_assets.labels.reference import ReferenceParams, build_reference
+    from xenium_assets.labels.reference import build_reference
     from xenium_assets.labels.store import mark_latest
     from xenium_assets.labels.table import LabelError, label_version
 

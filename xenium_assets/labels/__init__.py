@@ -2,6 +2,6 @@
 
 ``reference.py`` builds the reference from a bounded sketch of samples (``sketch.py``), integrated across
 samples (``integrate.py``), its classes named by one of the methods (``methods.py``: ``leiden``,
-``markers``, ``annotated``, ``graphclust``), and places a sample's cells in it; ``table.py`` is the
+``markers``, ``annotated``, ``graphclust``) as ``options.py`` says, and places a sample's cells in it; ``table.py`` is the
 labels table with its exclusions and versions; ``store.py`` says where a project keeps them.
 """

@@ -1,47 +1,15 @@
-"""Which method names the reference's classes, and its options: one dispatch for every caller."""
+"""Which method names the reference's classes: one dispatch for every caller."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
-import anndata as ad
+from xenium_assets.labels.options import MethodOptions
+from xenium_assets.labels.table import LabelError, Labelling
 
-from xenium_assets.labels.table import LabelError, Labelling, file_fingerprint
-
-Method = Literal["leiden", "markers", "reference", "xenium_graphclust"]
-FILE_OPTIONS = ("markers_file", "reference_file", "celltypist_model")
-
-
-@dataclass(frozen=True)
-class MethodOptions:
-    """How the reference's cells get their classes. Only the fields of the chosen method matter."""
-
-    method: Method = "leiden"
-    resolution: float = 0.5
-    """leiden: higher gives more, smaller clusters."""
-    markers_file: str | None = None
-    """markers: YAML mapping class -> marker genes."""
-    margin: float = 0.1
-    """markers: how much the best class score must beat the runner-up."""
-    reference_file: str | None = None
-    """reference: an annotated .h5ad (log-normalised or raw counts) to transfer labels from with ingest."""
-    reference_label_key: str = "cell_type"
-    celltypist_model: str | None = None
-    """reference: a local CellTypist model file, used instead of reference_file."""
-    graphclust: dict[str, str | None] = field(default_factory=dict)
-    """xenium_graphclust: each sample's instrument clusters (analysis/ CSV), by sample."""
-    seed: int = 0
-
-    def fingerprints(self) -> dict[str, str]:
-        """The content of every file the options name (its path alone would keep a version when it is edited)."""
-        paths = {name: getattr(self, name) for name in FILE_OPTIONS}
-        return {name: file_fingerprint(path) for name, path in paths.items() if path and Path(path).is_file()}
-
-    def params(self) -> dict:
-        """The options that define the classes (what a version hashes)."""
-        return {k: v for k, v in asdict(self).items() if k != "graphclust"}
+if TYPE_CHECKING:
+    import anndata as ad
 
 
 def label_cells(cells: ad.AnnData, options: MethodOptions) -> Labelling:

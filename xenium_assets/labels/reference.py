@@ -27,44 +27,16 @@ import scipy.sparse as sp
 from xenium_assets.atomic import atomic_dir
 from xenium_assets.labels.integrate import SoftClusters, harmonize, same_sample_share
 from xenium_assets.labels.matrix import SampleCounts, log_normalise, on_genes
-from xenium_assets.labels.methods import MethodOptions, label_cells
+from xenium_assets.labels.methods import label_cells
+from xenium_assets.labels.options import VOTER_FLOOR, MethodOptions, ReferenceParams
 from xenium_assets.labels.sketch import Sketch, sketch
-from xenium_assets.labels.table import MIN_CLASS_CELLS, UNASSIGNED, LabelError, Labelling, finalise
+from xenium_assets.labels.table import UNASSIGNED, LabelError, Labelling, finalise
 from xenium_assets.progress import Progress, no_progress
 
 CARD = "reference.json"
 ARRAYS = "reference.npz"
 CELLS = "cells.parquet"
 MARKERS = "markers.csv"
-VOTER_FLOOR = 200
-MIN_SHARED_GENES = 0.9
-"""A sample must have this share of the reference's genes, and the reference this share of the sample's (after
-their QC, which drops a panel's genes that too few cells of a sample express)."""
-
-
-@dataclass(frozen=True)
-class ReferenceParams:
-    """How big the reference is and how it integrates samples (the method's options are separate)."""
-
-    max_cells: int = 200_000
-    """Cells in the sketch the classes are built from, at most."""
-    n_pcs: int = 30
-    integrate: bool = True
-    """Harmony across samples, and each placed sample's own shift removed; off only to see what it does."""
-    n_neighbors: int = 15
-    """Reference cells that vote on a placed cell's label."""
-    max_voters: int = 100_000
-    """Sketch cells kept to vote, at most (every class keeps at least VOTER_FLOOR, or all it has). The exact
-    neighbour search costs about 32 s per 100,000 placed cells against 200,000 voters, 8 s against 50,000; on the
-    bone-marrow benchmark (31 classes, about 10 transcripts a cell) 100,000 voters gave 94 % of cells the label
-    that all 200,000 gave, 50,000 gave 90 % (two draws of 50,000 agreed on 93 %)."""
-    min_class_cells: int = MIN_CLASS_CELLS
-    """A class with fewer cells in the sketch is rare: its cells are excluded (``rare_class``)."""
-    min_shared_genes: float = MIN_SHARED_GENES
-    hvg_min_panel: int = 500
-    """Panels with more genes than this are reduced to their n_top_genes most variable genes before PCA."""
-    n_top_genes: int = 2000
-    seed: int = 0
 
 
 @dataclass
