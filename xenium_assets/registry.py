@@ -42,8 +42,11 @@ class AlreadyRegistered(ValueError):
         self.key = key
 
 
-def bundle_identity(bundle_dir: Path) -> dict[str, str | None]:
-    """What makes two folders the same run: experiment.xenium's run and region names, and the files' fingerprint."""
+def bundle_identity(bundle_dir: Path) -> dict[str, str | None] | None:
+    """What makes two folders the same run: experiment.xenium's run and region names, and the files' fingerprint
+    (None for a folder without files, which identifies nothing)."""
+    if next((p for p in Path(bundle_dir).rglob("*") if p.is_file()), None) is None:
+        return None
     spec: dict = {}
     # No or an unreadable experiment.xenium: the files' fingerprint alone (validation reports the file).
     with contextlib.suppress(OSError, ValueError):
@@ -86,8 +89,10 @@ class SampleRegistry:
         target = str(Path(bundle_dir).resolve())
         return next((e for e in self.entries() if e.bundle_dir == target), None)
 
-    def find_identity(self, identity: dict) -> SampleEntry | None:
+    def find_identity(self, identity: dict | None) -> SampleEntry | None:
         """The sample registered for the same run (same experiment, region and files), if any."""
+        if identity is None:
+            return None
         for entry in self.entries():
             known = entry.identity
             if known is None and Path(entry.bundle_dir).is_dir():

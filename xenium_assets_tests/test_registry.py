@@ -35,6 +35,32 @@ def test_register_is_idempotent_and_collisions_are_deterministic(tmp_path):
     assert [e.key for e in reg.entries()] == sorted([entry.key, other.key])
 
 
+def test_a_copy_of_a_registered_run_is_recognised(tmp_path):
+    """The same experiment, region and files under another folder name is the same run; another region, other file
+    sizes or a folder without files are not."""
+    import json
+
+    from xenium_assets.registry import AlreadyRegistered
+
+    def run(folder, region: str, cells: bytes = b"cells") -> None:
+        folder.mkdir(parents=True)
+        (folder / "experiment.xenium").write_text(json.dumps({"run_name": "r1", "region_name": region}))
+        (folder / "cells.parquet").write_bytes(cells)
+
+    reg = SampleRegistry(tmp_path / "samples")
+    run(tmp_path / "a", "Region_1")
+    reg.register(tmp_path / "a", "s1")
+    run(tmp_path / "copy", "Region_1")
+    with pytest.raises(AlreadyRegistered, match=r"copy is already registered as s1 \(the same experiment"):
+        reg.register(tmp_path / "copy", "s2")
+    run(tmp_path / "region2", "Region_2")
+    run(tmp_path / "resized", "Region_1", b"other cells")
+    assert reg.register(tmp_path / "region2")[1] and reg.register(tmp_path / "resized")[1]
+    (tmp_path / "empty1").mkdir()
+    (tmp_path / "empty2").mkdir()
+    assert reg.register(tmp_path / "empty1")[1] and reg.register(tmp_path / "empty2")[1]
+
+
 def test_register_refuses_conflicts(tmp_path):
     reg = SampleRegistry(tmp_path / "samples")
     a, b = tmp_path / "a", tmp_path / "b"
