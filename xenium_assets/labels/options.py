@@ -56,10 +56,9 @@ class ReferenceParams:
     n_neighbors: int = 15
     """Reference cells that vote on a placed cell's label."""
     max_voters: int = 100_000
-    """Sketch cells kept to vote, at most (every class keeps at least VOTER_FLOOR, or all it has). The exact
-    neighbour search costs about 32 s per 100,000 placed cells against 200,000 voters, 8 s against 50,000; on the
-    bone-marrow benchmark (31 classes, about 10 transcripts a cell) 100,000 voters gave 94 % of cells the label
-    that all 200,000 gave, 50,000 gave 90 % (two draws of 50,000 agreed on 93 %)."""
+    """Sketch cells kept to vote, at most (every class keeps at least VOTER_FLOOR, or all it has): scikit-learn's
+    exact neighbour search takes about 32 s per 100,000 placed cells against 200,000 voters and 16 s against
+    100,000, which give 94 % of the bone-marrow benchmark's cells the same label (docs/labels.md)."""
     min_class_cells: int = MIN_CLASS_CELLS
     """A class with fewer cells in the sketch is rare: its cells are excluded (``rare_class``)."""
     min_shared_genes: float = MIN_SHARED_GENES
