@@ -144,13 +144,13 @@ def add(bundle_dir: Path, key: str | None, pixel_size: float | None, origin: str
     from xenium_assets.bundle.errors import BundleError
     from xenium_assets.bundle.validate import inspect_bundle
     from xenium_assets.defs.partitions import SAMPLES
-    from xenium_assets.registry import AlreadyRegistered, SampleRegistry, bundle_identity
+    from xenium_assets.registry import AlreadyRegistered, SampleRegistry
 
     paths = ProjectPaths.default()
     registry = SampleRegistry(paths.samples_dir)
     xy = _origin(origin)
     if registry.find_bundle(bundle_dir) is None:
-        twin = registry.find_identity(bundle_identity(bundle_dir)) if Path(bundle_dir).is_dir() else None
+        twin = registry.copy_of(bundle_dir) if Path(bundle_dir).is_dir() else None
         if twin is not None:  # before validating: a copy of a large run is recognised from its files' sizes
             click.echo(f"skipped: {Path(bundle_dir).resolve()} is already registered as {twin.key} ({twin.bundle_dir})")
             return

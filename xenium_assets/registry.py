@@ -89,6 +89,13 @@ class SampleRegistry:
         target = str(Path(bundle_dir).resolve())
         return next((e for e in self.entries() if e.bundle_dir == target), None)
 
+    def copy_of(self, bundle_dir: str | Path) -> SampleEntry | None:
+        """The sample that ``bundle_dir`` is a copy of: another folder registered with the same identity (None when
+        the folder itself is registered, or is no copy). Stat only: callers skip a copy before validating it."""
+        if self.find_bundle(bundle_dir) is not None:
+            return None
+        return self.find_identity(bundle_identity(Path(bundle_dir).resolve()))
+
     def find_identity(self, identity: dict | None) -> SampleEntry | None:
         """The sample registered for the same run (same experiment, region and files), if any."""
         if identity is None:

@@ -180,6 +180,8 @@ def test_shards_hold_every_valid_cell_and_no_label(extracted):
     index = read_index(sorted((root / "shards").iterdir()))
     assert sorted(index["key"]) == sorted(keys)
     assert not {"label", "label_version", "confidence"} & set(index.columns)
+    written = {n for tile in tasks for n in pq.read_schema(Path(tile.out_dir) / INDEX).names}  # as on disk
+    assert not {"label", "label_version", "confidence"} & written
     by_key = {s["__key__"]: s for s in samples}
     for row in index.sample(20, random_state=0).itertuples():
         assert by_key[row.key]["json"]["cell_id"] == row.cell_id

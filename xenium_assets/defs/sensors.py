@@ -23,7 +23,6 @@ from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.landing import LandingState, look
-from xenium_assets.registry import bundle_identity
 
 PER_SAMPLE = [raw_bundle, qc_adata, dapi_zarr, tile_geometry]
 PER_SAMPLE_KEYS = [a.key for a in PER_SAMPLE]
@@ -55,7 +54,7 @@ def landing_sensor(context: SensorEvaluationContext, project: ProjectResource) -
     registry = project.registry
     keys, requests, skipped = [], [], []
     for folder in ready:
-        twin = registry.find_identity(bundle_identity(folder)) if registry.find_bundle(folder) is None else None
+        twin = registry.copy_of(folder)
         if twin is not None:
             skipped.append(f"{folder} is already registered as {twin.key}")
             context.log.info(f"skipped {folder}: a copy of the run registered as {twin.key} ({twin.bundle_dir})")

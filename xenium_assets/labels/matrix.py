@@ -32,18 +32,17 @@ class SampleCounts:
 
 
 def _index(group: h5py.Group) -> pd.Index:
+    """The index of an AnnData dataframe (obs or var), without reading its other columns."""
     from anndata.io import read_elem
 
-    return pd.Index(read_elem(group).index.astype(str))
+    return pd.Index(np.asarray(read_elem(group[group.attrs.get("_index", "_index")])).astype(str))
 
 
 def read_genes(path: Path) -> tuple[pd.Index, int]:
     """A QC'd sample's genes and number of cells, without reading its matrix."""
     with h5py.File(path, "r") as f:
-        genes = _index(f["var"])
-        index_key = f["obs"].attrs.get("_index", "_index")
-        n_cells = f["obs"][index_key].shape[0]
-    return genes, int(n_cells)
+        obs = f["obs"]
+        return _index(f["var"]), int(obs[obs.attrs.get("_index", "_index")].shape[0])
 
 
 def read_counts(sample: str, path: Path, *, pca: bool = False) -> SampleCounts:

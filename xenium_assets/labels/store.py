@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xenium_assets.atomic import atomic_file, write_json
-from xenium_assets.labels.reference import LabelReference
 from xenium_assets.labels.table import LABEL_COLUMNS, LabelError
 from xenium_assets.paths import ProjectPaths
+
+if TYPE_CHECKING:
+    from xenium_assets.labels.reference import LabelReference
 
 
 def latest_version(paths: ProjectPaths) -> str | None:
@@ -45,6 +48,9 @@ def resolve_version(paths: ProjectPaths, version: str | None) -> str:
 
 
 def load_reference(paths: ProjectPaths, version: str | None = None) -> LabelReference:
+    # Imported here: the viewer and the retraining schedule read only versions, not references (anndata, sklearn).
+    from xenium_assets.labels.reference import LabelReference
+
     return LabelReference.load(paths.reference_dir(resolve_version(paths, version)))
 
 

@@ -350,13 +350,17 @@ def finish_tile(folder: Path, index: pd.DataFrame, summary: dict, metadata: dict
             shard.unlink()
 
 
+LEGACY_LABEL_COLUMNS = ("label", "confidence", "label_version")
+"""Columns that indexes of earlier versions carried: labels now live in the labels tables only, so they are dropped."""
+
+
 def read_index(folders: Iterable[Path]) -> pd.DataFrame:
     """Concatenated indexes of tiles (with a ``path`` column pointing at each sample's shard)."""
     frames = []
     for folder in folders:
         path = Path(folder) / INDEX
         if path.exists():
-            frame = pq.read_table(path).to_pandas()
+            frame = pq.read_table(path).to_pandas().drop(columns=list(LEGACY_LABEL_COLUMNS), errors="ignore")
             frame["path"] = [str(Path(folder) / s) for s in frame["shard"]]
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -59,10 +59,6 @@ def loader_workers(requested: int | None) -> int:
     return max(0, min(4, cpus - 2))
 
 
-LABEL_FIELDS = ("label", "confidence", "label_version")
-"""Columns that shard indexes of earlier versions carried; labels now come from the labels table only."""
-
-
 def load_index(sample_dirs: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, tuple[float, float]]]:
     """All tiles' index rows with sample, tile and shard path, and each sample's DAPI (low, high) percentiles."""
     frames, percentiles = [], {}
@@ -70,7 +66,7 @@ def load_index(sample_dirs: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, tu
         tiles = sorted(p.parent for p in Path(folder).glob(f"*/{INDEX}"))
         if not tiles:
             continue
-        frame = read_index(tiles).drop(columns=list(LABEL_FIELDS), errors="ignore")
+        frame = read_index(tiles)
         if len(frame):
             frame.insert(0, "tile", frame["path"].map(lambda p: Path(p).parent.name))
             frame.insert(0, "sample", sample)

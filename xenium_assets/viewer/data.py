@@ -100,7 +100,7 @@ def _predictions(paths: ProjectPaths, sample: str) -> pd.DataFrame | None:
 def _patches(paths: ProjectPaths, sample: str, labels: pd.DataFrame | None) -> pd.DataFrame | None:
     """The sample's shard index, with each usable cell's label joined on by cell id (shards hold no labels)."""
     tiles = sorted(p.parent for p in paths.asset_dir(sample, "patch_shards").glob(f"*/{INDEX}"))
-    index = read_index(tiles).drop(columns=["label", "confidence", "label_version"], errors="ignore")
+    index = read_index(tiles)
     if not len(index) or labels is None:
         return None
     usable = labels.loc[labels["excluded_reason"] == "", ["cell_id", "label"]]
