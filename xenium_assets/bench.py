@@ -508,3 +508,21 @@ def bench_view(*, n_cells: int, size: int, cache: Path) -> dict:
         "screenshot": f"{shot_path} ({shot.shape[1]} x {shot.shape[0]})",
         "peak_rss_mb": round(peak),
     }
+
+
+def bench_calibration(*, replicates: int = 1000, dependence: tuple[float, ...] = (0.2, 0.3)) -> dict:
+    """Rejection rates at alpha 0.01 and 0.05 of the shifted-label test and the cell-level shuffle, on simulated
+    demo-like test sets: independent clumped maps (false positives), then maps with ``dependence`` (power)."""
+    from xenium_assets.training.calibration import Scenario, calibrate, rejection_rates
+
+    start = time.perf_counter()
+    null = calibrate(replicates, first_seed=100_000)
+    figures: dict = {"replicates": replicates, "median_test_cells": float(null["n_test"].median())}
+    for alpha in (0.01, 0.05):
+        for test, rate in rejection_rates(null, alpha).items():
+            figures[f"false_positive_rate_{test}_alpha_{alpha}"] = rate
+    for d in dependence:
+        rates = rejection_rates(calibrate(replicates, Scenario(dependence=d), first_seed=200_000), 0.01)
+        figures[f"power_shift_dependence_{d}"] = rates["shift"]
+    figures["seconds"] = round(time.perf_counter() - start, 1)
+    return figures

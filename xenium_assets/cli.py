@@ -56,6 +56,12 @@ def main() -> None:
 )
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same bundle.")
 @click.option("--null", is_flag=True, help="Draw nuclear morphology independently of the class (negative control).")
+@click.option(
+    "--null-regions",
+    is_flag=True,
+    help="Morphology follows its own random region map, independent of the class (a spatially clumped negative "
+    "control). Not with --null.",
+)
 @click.option("--classes", "n_classes", default=4, show_default=True, help="Number of cell classes (2-5).")
 @click.option(
     "--codec",
@@ -83,6 +89,7 @@ def synth(
     version: str,
     seed: int,
     null: bool,
+    null_regions: bool,
     n_classes: int,
     codec: str,
     csv: bool,
@@ -103,6 +110,7 @@ def synth(
             version=version,
             seed=seed,
             null=null,
+            null_regions=null_regions,
             n_classes=n_classes,
             codec=codec,
             csv=csv,
@@ -389,6 +397,24 @@ def bench_labels(h5: Path, n_samples: int, max_cells: int, add_cells: int, as_js
 
     figures = run(h5=h5, n_samples=n_samples, max_cells=max_cells, add_cells=add_cells)
     _print_figures(figures, as_json)
+
+
+@bench.command("calibration")
+@click.option("--replicates", default=1000, show_default=True, help="Simulated test sets per case.")
+@click.option(
+    "--dependence",
+    multiple=True,
+    type=float,
+    default=(0.2, 0.3),
+    show_default=True,
+    help="Share of cells predicted right in the power cases.",
+)
+@JSON_FLAG
+def bench_calibration(replicates: int, dependence: tuple[float, ...], as_json: bool) -> None:
+    """How often the signal test, and the cell-level shuffle, reject on simulated clumped test sets."""
+    from xenium_assets.bench import bench_calibration as run
+
+    _print_figures(run(replicates=replicates, dependence=dependence), as_json)
 
 
 @bench.command("view")

@@ -11,7 +11,7 @@ from xenium_assets.defs.cell_labels import cell_labels
 from xenium_assets.defs.checks import label_classes_above_minimum, qc_pass_fraction, shards_match_index
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
-from xenium_assets.defs.evaluation_report import beats_majority_baseline, evaluation_report
+from xenium_assets.defs.evaluation_report import beats_chance, evaluation_report
 from xenium_assets.defs.label_reference import label_reference
 from xenium_assets.defs.partitions import sample_tile_partitions
 from xenium_assets.defs.patch_shards import patch_shards
@@ -42,7 +42,7 @@ def build_definitions(data_dir: Path) -> Definitions:
             trained_model,
             evaluation_report,
         ],
-        asset_checks=[qc_pass_fraction, label_classes_above_minimum, shards_match_index, beats_majority_baseline],
+        asset_checks=[qc_pass_fraction, label_classes_above_minimum, shards_match_index, beats_chance],
         sensors=[landing_sensor, automation_sensor],
         schedules=[retrain_schedule],
         jobs=[

@@ -112,7 +112,7 @@ def test_demo_end_to_end(project):
         assert f"{key} patch_shards:" in result.stdout
         assert len(list((project / "samples" / key / "patch_shards").glob("*/index.parquet"))) == 64
     assert "all samples trained_model:" in result.stdout and "all samples evaluation_report:" in result.stdout
-    assert "all samples check beats_majority_baseline:" in result.stdout
+    assert "all samples check beats_chance:" in result.stdout
     assert list((project / "reports").glob("*/report.html"))
     instance = DagsterInstance.get()
     # per sample: one run of its per-sample assets, one of its labels and one of all its tiles; the reference;
@@ -163,9 +163,17 @@ def _check_model_and_report(instance: DagsterInstance, project: Path, stdout: st
     assert isinstance(report["n_test_cells"].value, int) and report["n_test_cells"].value > 50
     assert isinstance(report["signal_detected"].value, bool) and isinstance(report["beats_morphology"].value, bool)
     assert report["split"].value.startswith("spatial")
+    for key in ("chance_macro_f1_p99", "cnn_minus_morphology", "cnn_minus_morphology_ci_low", "loso_macro_f1_mean"):
+        assert isinstance(report[key].value, float), key
+    low, high = report["cnn_minus_morphology_ci_low"].value, report["cnn_minus_morphology_ci_high"].value
+    assert report["beats_morphology"].value is (low > 0) and low <= high
+    assert isinstance(report["n_buffer_cells"].value, int) and report["n_buffer_cells"].value > 0
+    assert report["resampling_unit"].value.startswith("test tiles")
+    assert "demo_a" in report["loso"].value and "demo_b" in report["loso"].value
+    assert model["n_buffer_cells"].value == report["n_buffer_cells"].value
     assert (project / "reports" / model["mlflow_run_id"].value / "report.html").exists()
-    passed = report["test_macro_f1_ci_low"].value > report["majority_macro_f1"].value
-    assert f"check beats_majority_baseline: {'passed' if passed else 'FAILED'}" in stdout
+    passed = report["signal_detected"].value
+    assert f"check beats_chance: {'passed' if passed else 'FAILED'}" in stdout
     uri = tracking_uri(project)
     client = MlflowClient(uri)
     run = client.get_run(model["mlflow_run_id"].value)

@@ -37,7 +37,7 @@ ASSETS = {
     "trained_model",
     "evaluation_report",
 }
-CHECKS = {"qc_pass_fraction", "label_classes_above_minimum", "shards_match_index", "beats_majority_baseline"}
+CHECKS = {"qc_pass_fraction", "label_classes_above_minimum", "shards_match_index", "beats_chance"}
 SENSOR_TAG = "dagster/sensor_name"
 
 

@@ -240,6 +240,40 @@ def test_null_bundle_has_no_morphology_signal(bundles):
     assert stats["intensity"].max() < 1.2 * stats["intensity"].min()
 
 
+def test_null_regions_bundle_is_clumped_but_says_nothing_of_the_class(bundles):
+    """Morphology follows a region map of its own: neighbours look alike, yet it tells nothing of the class."""
+    from click.testing import CliRunner
+    from scipy.spatial import cKDTree
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from xenium_assets.cli import main
+
+    bundle = bundles("3", null_regions=True, seed=8)
+    truth = _truth(bundle)
+    assert set(truth["morphology_class"]) == set(truth["label"])  # no class missing
+    neighbours = cKDTree(truth[["x_um", "y_um"]].to_numpy()).query(truth[["x_um", "y_um"]].to_numpy(), k=7)[1][:, 1:]
+    morph = pd.factorize(truth["morphology_class"])[0]
+    agree = (morph[neighbours] == morph[:, None]).mean()
+    chance = ((np.bincount(morph) / len(morph)) ** 2).sum()  # two cells share a class at random
+    assert agree > 1.6 * chance  # 2.0x or more over 300 seeds; 1x for --null
+    # Clumped in the image too: a nucleus's measured area goes with its neighbours' (about 0.45; 0 for --null).
+    stats = _nucleus_stats(bundle).set_index("cell_id").loc[truth["cell_id"]]
+    area = stats["nucleus_area"].to_numpy()
+    around = np.nanmean(area[neighbours], axis=1)
+    has = ~np.isnan(area) & ~np.isnan(around)
+    assert np.corrcoef(area[has], around[has])[0, 1] > 0.2
+    # Two independent clumped maps share some information by chance (AMI up to 0.12 over 300 seeds), far
+    # below the 1.0 of a real bundle.
+    assert adjusted_mutual_info_score(truth["label"], truth["morphology_class"]) < 0.2
+    assert json.loads(truth_paths(bundle)[1].read_text())["null_regions"] is True
+
+    with pytest.raises(ValueError, match="choose one"):
+        SynthParams(null=True, null_regions=True)
+    result = CliRunner().invoke(main, ["synth", str(bundle.parent / "never"), "--null", "--null-regions"])
+    assert result.exit_code == 2 and "choose one" in result.output
+    assert not (bundle.parent / "never").exists()
+
+
 def test_truth_is_beside_not_inside(bundles):
     bundle = bundles("3")
     table, meta = truth_paths(bundle)

@@ -10,21 +10,25 @@ import pytest
 import torch
 
 from xenium_assets.training.data import DataConfig, PatchDataModule, augment, load_index, shard_splits, to_input
-from xenium_assets.training.evaluate import (
-    bootstrap,
-    confusion,
-    nucleus_hull_area,
-    permutation_p_value,
-    scores,
-    shuffled_confusions,
+from xenium_assets.training.morphology import nucleus_hull_area
+from xenium_assets.training.run import (
+    ReportOptions,
+    TrainingError,
+    evaluate_model,
+    labelled_index,
+    select_classes,
+    train_model,
+    where_the_signal_lies,
 )
-from xenium_assets.training.run import TrainingError, evaluate_model, labelled_index, select_classes, train_model
-from xenium_assets.training.splits import SplitConfig, spatial_split, split_summary
+from xenium_assets.training.splits import BUFFER, SplitConfig, cell_splits, spatial_split, split_summary
 from xenium_assets.training.train import TrainConfig, predict
 from xenium_assets_tests.conftest import build_shards, truth_keys
 
 LARGE = dict(n_cells=1500, width=2048, height=2048)
 FAST = TrainConfig(max_epochs=8, patience=8)
+QUICK_EXTRAS = ReportOptions(extra_max_epochs=3)
+"""The report's extra models (two leave-one-sample-out folds, the cell-only CNN) with fewer epochs: the suite's time."""
+BARE = ReportOptions(loso_max_folds=0, cell_only_model=False)
 
 
 SLIDES = (("a", "3", 31), ("b", "4", 32))
@@ -48,8 +52,8 @@ def labels(bundles):
 def trained(two_slides, labels, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
     model = train_model(two_slides, labels, "truth-1", out / "model", train=FAST)
-    ev, report, test = evaluate_model(model.folder, two_slides, labels, out / "report")
-    return model, ev, test, out
+    ev, _ = evaluate_model(model.folder, two_slides, labels, "truth-1", out / "report", options=QUICK_EXTRAS)
+    return model, ev, ev.cells, out
 
 
 def _targets(index):
@@ -66,15 +70,27 @@ def test_shards_hold_no_labels_and_training_joins_them_by_key(two_slides, labels
         labelled_index(two_slides, labels.iloc[0:0])
 
 
-def test_spatial_split_keeps_tiles_whole_and_classes_present(two_slides, labels):
-    index, _ = labelled_index(two_slides, labels)
+def _split(index, config=SplitConfig()):
     classes = sorted(index["label"].unique())
-    assignment = spatial_split(index, classes, SplitConfig())
+    assignment = spatial_split(index, classes, config)
+    return classes, assignment, cell_splits(index, assignment, config)
+
+
+def test_spatial_split_keeps_blocks_whole_and_classes_present(two_slides, labels):
+    index, _ = labelled_index(two_slides, labels)
+    classes, assignment, splits = _split(index)
     assert not assignment.duplicated(["sample", "tile"]).any()
-    table = split_summary(index, assignment)
-    assert (table > 0).all().all(), table  # every class in every split
+    table = split_summary(index, splits)
+    assert (table[["train", "val", "test"]] > 0).all().all(), table  # every class in every split
     fractions = table.sum() / table.to_numpy().sum()
-    assert 0.1 < fractions["test"] < 0.35 and 0.05 < fractions["val"] < 0.3
+    assert 0.05 < fractions["test"] < 0.35 and 0.03 < fractions["val"] < 0.3 and fractions["buffer"] > 0
+    # The demo's 54 µm tiles go in quadrants (eight buffer widths of 30.6 µm round up to four tiles).
+    quadrant = assignment["sample"] + assignment["tile"].str[1].astype(int).floordiv(4).astype(str)
+    quadrant += assignment["tile"].str[3].astype(int).floordiv(4).astype(str)
+    assert (assignment.groupby(quadrant)["split"].nunique() == 1).all()
+    # Another seed draws other blocks: the test set is drawn at random, not picked for class-pure tiles.
+    other = spatial_split(index, classes, SplitConfig(seed=1))
+    assert not assignment["split"].equals(other["split"])
     held = spatial_split(index, classes, SplitConfig(holdout_sample="b"))
     assert set(held.loc[held["split"] == "test", "sample"]) == {"b"}
     assert set(held.loc[held["sample"] == "b", "split"]) == {"test"}
@@ -82,25 +98,56 @@ def test_spatial_split_keeps_tiles_whole_and_classes_present(two_slides, labels)
         spatial_split(index, classes, SplitConfig(holdout_sample="zz"))
 
 
+def test_no_validation_or_test_patch_holds_a_training_nucleus(two_slides, labels, bundles):
+    """The buffer: every kept validation and test cell's patch window misses every training cell's nucleus, and
+    no training cell's patch window reaches a kept test cell's nucleus."""
+    import shapely
+
+    index, _ = labelled_index(two_slides, labels)
+    _, _, splits = _split(index)
+    half = index["patch_um"].max() / 2
+    nuclei = {}
+    for name, version, seed in SLIDES:
+        table = pd.read_parquet(bundles(version, seed=seed, **LARGE) / "nucleus_boundaries.parquet")
+        keys = name + "/" + table["cell_id"].astype(str)
+        nuclei.update(
+            {k: shapely.Polygon(g[["vertex_x", "vertex_y"]].to_numpy()) for k, g in table.groupby(keys, sort=False)}
+        )
+
+    def windows(rows):
+        return shapely.box(rows["x_um"] - half, rows["y_um"] - half, rows["x_um"] + half, rows["y_um"] + half)
+
+    for sample in ("a", "b"):
+        rows = index["sample"] == sample
+        train = index[rows & (splits == "train")]
+        held = index[rows & splits.isin(["val", "test"])]
+        assert len(held) > 50 and (rows & (splits == BUFFER)).sum() > 0
+        train_nuclei = shapely.STRtree([nuclei[k] for k in train["key"]])
+        hits = train_nuclei.query(windows(held), predicate="intersects")
+        assert hits.size == 0, f"{hits.shape[1]} held-out windows reach a training nucleus"
+        held_nuclei = shapely.STRtree([nuclei[k] for k in held["key"]])
+        assert held_nuclei.query(windows(train), predicate="intersects").size == 0
+
+
 def test_datamodule_streams_every_test_cell_once(two_slides, labels):
     index, percentiles = labelled_index(two_slides, labels)
-    classes = sorted(index["label"].unique())
-    assignment = spatial_split(index, classes, SplitConfig())
-    splits = shard_splits(index, assignment)
+    classes, _, splits = _split(index)
+    kept = splits != BUFFER
+    targets = _targets(index[kept])
     for representation, channels in (("dapi", 1), ("dapi_masks", 3), ("masked_dapi", 1)):
         config = DataConfig(representation=representation, batch_size=32)
-        dm = PatchDataModule(splits, classes, percentiles, _targets(index), config)
+        dm = PatchDataModule(shard_splits(index[kept], splits[kept]), classes, percentiles, targets, config)
         x, y, keys = next(iter(dm.train_dataloader()))
         assert x.shape == (32, channels, 64, 64) and x.dtype == torch.float32 and y.shape == (32,)
     keys = [k for _, _, batch in dm.test_dataloader() for k in batch]
-    assert sorted(keys) == sorted(index.merge(assignment).query("split == 'test'")["key"])
+    assert sorted(keys) == sorted(index.loc[splits == "test", "key"])  # buffer cells of test tiles are not drawn
     assert dm.class_weights() is not None or dm.config.balance != "weighted_loss"
 
 
 def test_undersampling_balances_the_training_stream(two_slides, labels):
     index, percentiles = labelled_index(two_slides, labels)
-    classes = sorted(index["label"].unique())
-    splits = shard_splits(index, spatial_split(index, classes, SplitConfig()))
+    classes, _, split_of = _split(index)
+    splits = shard_splits(index, split_of)
     config = DataConfig(balance="undersample", batch_size=128)
     dm = PatchDataModule(splits, classes, percentiles, _targets(index), config)
     seen = np.bincount(np.concatenate([y.numpy() for _, y, _ in dm.train_dataloader()]), minlength=len(classes))
@@ -108,6 +155,21 @@ def test_undersampling_balances_the_training_stream(two_slides, labels):
     assert available.max() / available.min() > 1.3  # the source is unbalanced ...
     assert seen.max() / seen.min() < 1.3  # ... the stream is not
     assert dm.class_weights() is None
+
+
+def test_missing_tile_metadata_is_an_error_naming_the_fix(two_slides, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "a"
+    shutil.copytree(two_slides["a"], copy)
+    path = copy / "r3c3" / "index.parquet"
+    table = pq.read_table(path)
+    meta = {k: v for k, v in table.schema.metadata.items() if k != b"dapi_percentiles"}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    with pytest.raises(ValueError, match=r"r3c3/index.parquet lacks dapi_percentiles: re-materialize patch_shards"):
+        load_index({"a": copy})
 
 
 def test_rare_classes_are_left_out():
@@ -151,53 +213,6 @@ def test_intensity_jitter_is_small_and_never_touches_the_masks():
     assert np.mean(sharp) == pytest.approx(0.02, rel=0.1) and np.mean(blurred) == pytest.approx(0.0075, rel=0.2)
 
 
-def test_scores_match_scikit_learn():
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
-    rng = np.random.default_rng(1)
-    y, p = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
-    s = scores(confusion(y, p, 4))
-    assert s["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
-    assert s["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p))
-    low, high = bootstrap(y, p, 4)["macro_f1"]
-    assert low < s["macro_f1"] < high
-    assert permutation_p_value(y, p, 4) > 0.05  # random predictions carry no signal
-    assert permutation_p_value(y, y, 4) == pytest.approx(1 / 1001)
-
-
-def test_resampled_confusions_match_resampling_the_cells():
-    rng = np.random.default_rng(2)
-    y = rng.integers(0, 4, 400)
-    p = np.where(rng.random(400) < 0.5, y, rng.integers(0, 4, 400))
-    cm = confusion(y, p, 4)
-    shuffled = shuffled_confusions(cm, 4000, np.random.default_rng(0))
-    assert (shuffled.sum(axis=2) == cm.sum(axis=1)).all() and (shuffled.sum(axis=1) == cm.sum(axis=0)).all()
-    # The same null distribution as shuffling the cells' labels one by one ...
-    by_cell = confusion(np.array([rng.permutation(y) for _ in range(4000)]), np.broadcast_to(p, (4000, 400)), 4)
-    null, explicit = scores(shuffled)["macro_f1"], scores(by_cell)["macro_f1"]
-    assert abs(null.mean() - explicit.mean()) < 0.003 and abs(null.std() - explicit.std()) < 0.003
-    # ... and the same bootstrap interval as resampling the cells with replacement.
-    idx = rng.integers(0, 400, (4000, 400))
-    explicit = np.percentile(scores(confusion(y[idx], p[idx], 4))["macro_f1"], [2.5, 97.5])
-    np.testing.assert_allclose(bootstrap(y, p, 4, n=4000)["macro_f1"], explicit, atol=0.01)
-
-
-def test_resampling_memory_does_not_grow_with_the_test_split():
-    import tracemalloc
-
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 5, 1_000_000)
-    p = np.where(rng.random(len(y)) < 0.5, y, rng.integers(0, 5, len(y)))
-    tracemalloc.start()
-    try:
-        bootstrap(y, p, 5)
-        permutation_p_value(y, p, 5)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB"  # a resamples x cells matrix: 8 GB per array here
-
-
 def test_nucleus_hull_is_the_hull_of_its_pixel_squares():
     import shapely
 
@@ -225,28 +240,41 @@ def test_nucleus_hull_is_the_hull_of_its_pixel_squares():
 
 def test_dapi_signal_is_detected_on_class_dependent_morphology(trained):
     model, ev, test, out = trained
-    assert ev.signal_detected, (ev.cnn, ev.cnn_ci, ev.majority, ev.permutation_p)
-    # At least as good as the morphology features: the morphology score is not above the CNN's interval.
-    assert ev.cnn_ci["macro_f1"][1] >= ev.morphology["macro_f1"], (ev.cnn, ev.cnn_ci, ev.morphology)
+    assert ev.signal_detected and ev.p_value <= 0.002, (ev.models["cnn"], ev.p_value, ev.chance_p99)
+    assert ev.models["cnn"].ci["macro_f1"][0] > ev.chance_p99 + 0.2  # far beyond chance, not on a thin margin
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["signal_detected"] is True and metrics["n_test_cells"] == len(test)
     for score in ("accuracy", "balanced_accuracy", "macro_f1"):  # every headline score has its interval
         assert metrics[f"test_{score}_ci_low"] <= metrics[f"test_{score}"] <= metrics[f"test_{score}_ci_high"]
-    assert metrics["split"].startswith("spatial: whole tiles")
+    # beats_morphology is the paired interval's decision, whichever way it goes.
+    low, high = metrics["cnn_minus_morphology_ci_low"], metrics["cnn_minus_morphology_ci_high"]
+    assert low <= metrics["cnn_minus_morphology"] <= high and metrics["beats_morphology"] is (low > 0)
+    assert metrics["split"].startswith("spatial: blocks of whole tiles")
+    assert metrics["n_buffer_cells"] > 0 and metrics["resampling_unit"].startswith("test tiles (")
+    assert 0 < metrics["chance_macro_f1_p99"] < metrics["test_macro_f1"]
+    # Two samples: a leave-one-sample-out model for each, scored on every cell of the held-out one.
+    loso = ev.extra["loso"]
+    assert sorted(loso["sample"]) == ["a", "b"] and (loso["n_cells"] > 1000).all()
+    assert metrics["loso_macro_f1_mean"] == pytest.approx(loso["macro_f1"].mean()) and loso["macro_f1"].min() > 0.5
+    assert {"cnn", "cnn_cell", "morphology", "morphology_neighbours"} == set(ev.models)
+    assert 0 < ev.n_contrarian < len(test) / 2 and "contrarian_macro_f1" in metrics
+    text = (out / "report" / "report.md").read_text()
+    assert "not distinguishable" in text or "higher" in text
+    assert f"**{where_the_signal_lies(ev)}**" in text.splitlines()
     html = (out / "report" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 5 and "permutation p" in html
-    assert (out / "report" / "report.md").exists()
+    assert html.count("data:image/png;base64,") >= 6 and "shifted" in html and "<strong>yes</strong>" in html
 
 
 def test_morphology_baseline_is_fitted_on_at_most_the_cap(trained, two_slides, labels):
     model, _, _, out = trained
     full = json.loads((out / "report" / "metrics.json").read_text())
-    evaluate_model(model.folder, two_slides, labels, out / "capped", morphology_train_cells=300)
+    options = ReportOptions(loso_max_folds=0, cell_only_model=False, morphology_train_cells=300)
+    evaluate_model(model.folder, two_slides, labels, "truth-1", out / "capped", options=options)
     capped = json.loads((out / "capped" / "metrics.json").read_text())
-    # The CNN and the majority class (taken from the index, not the pixels) are untouched by the cap.
+    # The CNN, its null and the majority class (taken from the index, not the pixels) are untouched by the cap.
     for key in ("test_macro_f1", "test_macro_f1_ci_low", "majority_macro_f1", "permutation_p_value"):
         assert capped[key] == full[key], key
-    assert capped["morphology_macro_f1"] > capped["majority_macro_f1"]
+    assert capped["morphology_macro_f1"] > capped["chance_macro_f1_p99"]
     text = (out / "capped" / "report.md").read_text()
     fitted = [line for line in text.splitlines() if "fitted on" in line]
     assert fitted and "fitted on 300 of the " in fitted[0], fitted
@@ -257,24 +285,54 @@ def test_morphology_baseline_is_fitted_on_at_most_the_cap(trained, two_slides, l
 def test_checkpoint_reproduces_the_reports_predictions(trained, two_slides, labels):
     model, _, test, _ = trained
     card = json.loads((model.folder / "model.json").read_text())
-    assert card["label_version"] == "truth-1"
+    assert card["label_version"] == "truth-1" and card["n_buffer_cells"] > 0
     index, percentiles = labelled_index(two_slides, labels)
     index = index[index["label"].isin(card["classes"])]
-    assignment = pd.read_parquet(model.folder / "split.parquet")
+    split = SplitConfig(**card["split"])
+    splits = cell_splits(index, pd.read_parquet(model.folder / "split.parquet"), split)
+    kept = splits != BUFFER
     dm = PatchDataModule(
-        shard_splits(index, assignment), card["classes"], percentiles, _targets(index), DataConfig(**card["data"])
+        shard_splits(index[kept], splits[kept]),
+        card["classes"],
+        percentiles,
+        _targets(index[kept]),
+        DataConfig(**card["data"]),
     )
     again = predict(model.folder / card["checkpoint"], dm).set_index("key").loc[test["key"]]
     np.testing.assert_array_equal(again["pred"].to_numpy(), test["pred"].to_numpy())
 
 
-def test_no_signal_is_claimed_on_a_null_slide(bundles, tmp_path):
+def test_evaluation_refuses_other_labels_and_skips_untrained_classes(trained, two_slides, labels, tmp_path):
+    model, _, _, _ = trained
+    with pytest.raises(TrainingError, match="trained on labels truth-1, not truth-2: evaluate it with labels truth-1"):
+        evaluate_model(model.folder, two_slides, labels, "truth-2", tmp_path / "other", options=BARE)
+    # Labels with a class the model never saw (a finer split of one class): its cells are skipped and counted.
+    renamed = labels.reset_index(drop=True)
+    first = renamed.index[renamed["label"] == "fibroblast"][::2]
+    renamed.loc[first, "label"] = "fibroblast_new"
+    ev, _ = evaluate_model(model.folder, two_slides, renamed, "truth-1", tmp_path / "skipped", options=BARE)
+    with_patches = int((labelled_index(two_slides, renamed)[0]["label"] == "fibroblast_new").sum())
+    assert with_patches > 300 and ev.extra["untrained_class_cells"] == {"fibroblast_new": with_patches}
+    metrics = json.loads((tmp_path / "skipped" / "metrics.json").read_text())
+    assert metrics["n_untrained_class_cells"] == with_patches
+    assert "fibroblast_new (" in (tmp_path / "skipped" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("control", "seeds"),
+    [({"null": True}, (41, 42)), ({"null_regions": True}, (43, 44))],
+    ids=["null", "null_regions"],
+)
+def test_no_signal_is_claimed_on_a_negative_control(bundles, tmp_path, control, seeds):
+    """Morphology drawn independently of the class, cell by cell (``null``) or in its own clumped regions
+    (``null_regions``, which fooled the cell-level statistics): no signal is claimed."""
     made = {
-        name: bundles(version, seed=seed, null=True, **LARGE)
-        for name, version, seed in (("a", "3", 41), ("b", "4", 42))
+        name: bundles(version, seed=seed, **control, **LARGE)
+        for (name, version), seed in zip((("a", "3"), ("b", "4")), seeds, strict=True)
     }
     slides = {name: build_shards(bundle, tmp_path / name, name) for name, bundle in made.items()}
     labels = truth_keys(made)
     model = train_model(slides, labels, "truth-1", tmp_path / "model", train=TrainConfig(max_epochs=4, patience=4))
-    ev, _, _ = evaluate_model(model.folder, slides, labels, tmp_path / "report")
-    assert not ev.signal_detected, (ev.cnn, ev.cnn_ci, ev.majority, ev.permutation_p)
+    ev, _ = evaluate_model(model.folder, slides, labels, "truth-1", tmp_path / "report", options=BARE)
+    assert not ev.signal_detected, (ev.models["cnn"], ev.p_value, ev.chance_p99)
+    assert ev.p_value > 0.01

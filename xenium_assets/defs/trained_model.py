@@ -40,6 +40,12 @@ class TrainModelConfig(Config):
     test_fraction: float = 0.2
     holdout_sample: str | None = None
     """Hold this whole sample out as the test set."""
+    split_block_um: float | None = None
+    """Side of the square groups of tiles that go to one split; None: eight buffer widths (a quadrant of the demo's
+    small slides, one tile of a real one)."""
+    buffer_margin_um: float | None = None
+    """Validation and test cells whose patch window plus this margin reaches another split are left out; None: one
+    patch width."""
     label_version: str | None = None
     """The label reference version whose labels to train on (default: the latest)."""
     min_class_cells: int = MIN_CLASS_CELLS
@@ -139,6 +145,8 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
         holdout_sample=config.holdout_sample,
+        block_um=config.split_block_um,
+        margin_um=config.buffer_margin_um,
         seed=config.seed,
     )
     tracking.log_params({**config.model_dump(), "samples": ",".join(sorted(dirs))})
@@ -201,6 +209,7 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
             "dropped_classes": counts_table(model.dropped_classes, "class", "patches"),
             "split": split.describe(),
             "patches_per_split": frame_table(model.split_counts, "label"),
+            "n_buffer_cells": int(model.split_counts["buffer"].sum()),
             "best_val_macro_f1": model.fit.best_val_macro_f1,
             "epochs": model.fit.epochs,
             "accelerator": model.fit.accelerator,

@@ -417,10 +417,14 @@ def extract_tile(task: TileTask) -> dict:
         "patch_px": size,
         "pixel_size_um": task.pixel_size_um,
     }
+    tile = tile_window(task.tile, height, width)
+    bounds = [tile.x0, tile.y0, tile.x0 + tile.w, tile.y0 + tile.h]
     metadata = {
         "dapi_percentiles": json.dumps(task.percentiles),
         "patch_px": str(size),
         "pixel_size_um": str(task.pixel_size_um),
+        "patch_um": str(size * task.pixel_size_um),
+        shards.TILE_BOUNDS: json.dumps([b * task.pixel_size_um for b in bounds]),
     }
     shards.finish_tile(out, index, summary, metadata)
     return {

@@ -27,6 +27,8 @@ from xenium_assets.atomic import PARTIAL, atomic_file, write_json
 
 INDEX = "index.parquet"
 SUMMARY = "summary.json"
+TILE_BOUNDS = "tile_bounds_um"
+"""Index metadata: the tile's [x0, y0, x1, y1] in µm, which the spatial split's buffer is measured from."""
 SHARD_PATTERN = "shard-%05d.tar"
 MAX_SAMPLES_PER_SHARD = 10_000
 MAX_SHARD_BYTES = 1e9

@@ -3,7 +3,9 @@
 Classes occupy spatially coherent regions (as in tissue), each class has marker genes *and* its own
 nuclear morphology, and the morphology distributions overlap so that predicting the class from DAPI
 is learnable but not trivial. With ``null=True`` morphology is drawn independently of the class: a
-negative control on which no DAPI model may find signal.
+negative control on which no DAPI model may find signal. ``independent_regions`` gives the clumped kind
+of that control: morphology follows a region map of its own, so neighbours look alike (as tissue does)
+and a model that learns the neighbourhood rather than the nucleus still finds nothing.
 """
 
 from __future__ import annotations
@@ -106,6 +108,27 @@ def assign_regions(
     return cls
 
 
+def independent_regions(
+    xy_um: np.ndarray,
+    cls: np.ndarray,
+    n_classes: int,
+    width_um: float,
+    height_um: float,
+    purity: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Class per cell from a second region map, drawn like ``assign_regions`` but independent of ``cls``.
+
+    Its classes are renamed by size, the largest taking the commonest class of ``cls`` and so on, so that
+    class proportions stay close to those of ``cls`` without tying any cell to its own class.
+    """
+    other = assign_regions(xy_um, n_classes, width_um, height_um, purity, rng)
+    rename = np.empty(n_classes, dtype=other.dtype)
+    by_size = np.argsort(-np.bincount(other, minlength=n_classes), kind="stable")
+    rename[by_size] = np.argsort(-np.bincount(cls, minlength=n_classes), kind="stable")
+    return rename[other]
+
+
 def draw_morphology(
     xy_um: np.ndarray,
     cls: np.ndarray,
@@ -114,10 +137,16 @@ def draw_morphology(
     null: bool,
     multinucleate: bool,
     rng: np.random.Generator,
+    morph_cls: np.ndarray | None = None,
 ) -> Population:
-    """Nuclear shape and staining per cell, scaled down where neighbours are too close to fit it."""
+    """Nuclear shape and staining per cell, scaled down where neighbours are too close to fit it.
+
+    ``morph_cls`` (e.g. from ``independent_regions``) sets the class each nucleus looks like; by default it is
+    the cell's own class, or with ``null`` a random class drawn cell by cell.
+    """
     n = len(cls)
-    morph_cls = rng.choice(len(classes), size=n, p=np.bincount(cls, minlength=len(classes)) / n) if null else cls
+    if morph_cls is None:
+        morph_cls = rng.choice(len(classes), size=n, p=np.bincount(cls, minlength=len(classes)) / n) if null else cls
     param = np.array(
         [[c.semi_major_um, c.aspect, c.irregularity, c.brightness, c.texture_fine, c.texture_coarse] for c in classes]
     )[morph_cls]

@@ -50,6 +50,8 @@ LOW_QV_FRACTION = 0.25
 UNASSIGNED_FRACTION = 0.03
 TRANSCRIPT_CHUNK_CELLS = 20_000
 FOV_PX = 4096
+REGION_PURITY = 0.8
+"""Share of cells that take their region's class; the rest are mixed in at random."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class SynthParams:
     version: str = "3"
     seed: int = 0
     null: bool = False
+    null_regions: bool = False
+    """Morphology follows a random region map of its own, independent of the class: a spatially clumped
+    negative control (``null`` draws it cell by cell, so neighbours do not look alike)."""
     n_classes: int = 4
     codec: str = "jpeg2000"
     csv: bool = False
@@ -84,6 +89,8 @@ class SynthParams:
             raise ValueError("tile must be a multiple of 16 (TIFF)")
         if self.expression_shift < 0:
             raise ValueError("expression_shift must be 0 (none) or positive")
+        if self.null and self.null_regions:
+            raise ValueError("null and null_regions are two different negative controls: choose one")
 
 
 @dataclass(frozen=True)
@@ -342,8 +349,16 @@ def generate_bundle(
 
     progress("tissue", 0, 1)
     xy = biology.place_cells(params.n_cells, width_um, height_um, EDGE_MARGIN_UM, rng)
-    cls = biology.assign_regions(xy, params.n_classes, width_um, height_um, purity=0.8, rng=rng)
-    pop = biology.draw_morphology(xy, cls, classes, null=params.null, multinucleate=profile.multinucleate, rng=rng)
+    cls = biology.assign_regions(xy, params.n_classes, width_um, height_um, purity=REGION_PURITY, rng=rng)
+    # Drawn only when asked for, so that other bundles stay what the same seed always made.
+    morph_cls = (
+        biology.independent_regions(xy, cls, params.n_classes, width_um, height_um, REGION_PURITY, rng)
+        if params.null_regions
+        else None
+    )
+    pop = biology.draw_morphology(
+        xy, cls, classes, null=params.null, multinucleate=profile.multinucleate, rng=rng, morph_cls=morph_cls
+    )
     outlines = build_outlines(pop, width_um, height_um, params.pixel_size)
     ids = _cell_ids(params.n_cells, profile, rng)
     panel = biology.build_panel(classes, rng)
@@ -488,6 +503,7 @@ def generate_bundle(
                 "n_nuclei": n_nuc,
                 "n_transcripts": writer.rows,
                 "null": params.null,
+                "null_regions": params.null_regions,
                 "expression_depth": panel.depth,
                 "gene_feature_type": FeatureType.GENE.value,
             },

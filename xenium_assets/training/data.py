@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 
-from xenium_assets.patches.shards import INDEX, index_metadata, read_index
+from xenium_assets.patches.shards import INDEX, TILE_BOUNDS, index_metadata, read_index
 
 Representation = Literal["dapi", "dapi_masks", "masked_dapi"]
 CHANNELS = {"dapi": 1, "dapi_masks": 3, "masked_dapi": 1}
@@ -59,22 +59,45 @@ def loader_workers(requested: int | None) -> int:
     return max(0, min(4, cpus - 2))
 
 
+class ShardFormatError(ValueError):
+    """Shards written by an older version lack what training needs now."""
+
+
+BOUNDS = ("tile_x0", "tile_y0", "tile_x1", "tile_y1")
+
+
+def _tile_metadata(folder: Path) -> tuple[list[float], float, dict]:
+    """A tile's bounds in µm, its patch side in µm and its sample's DAPI percentiles, from its index metadata."""
+    meta = index_metadata(folder)
+    missing = [k for k in (TILE_BOUNDS, "patch_um", "dapi_percentiles") if k not in meta]
+    percentiles = json.loads(meta.get("dapi_percentiles", "{}"))
+    missing += [f"dapi_percentiles {k}" for k in (LOW, HIGH) if k not in percentiles and "dapi_percentiles" in meta]
+    if missing:
+        raise ShardFormatError(
+            f"{Path(folder) / INDEX} lacks {', '.join(missing)}: re-materialize patch_shards for this sample"
+        )
+    return json.loads(meta[TILE_BOUNDS]), float(meta["patch_um"]), percentiles
+
+
 def load_index(sample_dirs: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, tuple[float, float]]]:
-    """All tiles' index rows with sample, tile and shard path, and each sample's DAPI (low, high) percentiles."""
+    """All tiles' index rows with sample, tile, shard path, the tile's bounds and the patch side (µm), and each
+    sample's DAPI (low, high) percentiles. Shards without them are refused: no silent default."""
     frames, percentiles = [], {}
     for sample, folder in sample_dirs.items():
         tiles = sorted(p.parent for p in Path(folder).glob(f"*/{INDEX}"))
-        if not tiles:
-            continue
-        frame = read_index(tiles)
-        if len(frame):
-            frame.insert(0, "tile", frame["path"].map(lambda p: Path(p).parent.name))
+        for tile in tiles:
+            frame = read_index([tile])
+            if not len(frame):
+                continue
+            bounds, patch_um, sample_percentiles = _tile_metadata(tile)
+            frame.insert(0, "tile", tile.name)
             frame.insert(0, "sample", sample)
+            frame[list(BOUNDS)] = np.asarray(bounds, dtype=float)
+            frame["patch_um"] = patch_um
             frames.append(frame)
-        meta = json.loads(index_metadata(tiles[0]).get("dapi_percentiles", "{}"))
-        percentiles[sample] = (float(meta.get(LOW, 0.0)), float(meta.get(HIGH, 65535.0)))
+            percentiles[sample] = (float(sample_percentiles[LOW]), float(sample_percentiles[HIGH]))
     if not frames:
-        return pd.DataFrame(columns=["sample", "tile", "key", "path"]), percentiles
+        return pd.DataFrame(columns=["sample", "tile", "key", "path", *BOUNDS, "patch_um"]), percentiles
     return pd.concat(frames, ignore_index=True), percentiles
 
 
@@ -130,11 +153,12 @@ class ShardSplits:
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def shard_splits(index: pd.DataFrame, assignment: pd.DataFrame) -> ShardSplits:
-    merged = index.merge(assignment, on=["sample", "tile"])
-    urls = {s: sorted(merged.loc[merged["split"] == s, "path"].unique()) for s in ("train", "val", "test")}
-    counts = {s: int((merged["split"] == s).sum()) for s in ("train", "val", "test")}
-    class_counts = {s: merged.loc[merged["split"] == s, "label"].value_counts().to_dict() for s in counts}
+def shard_splits(index: pd.DataFrame, splits: pd.Series) -> ShardSplits:
+    """Shards, cells and class counts per split; ``splits``: each index row's split (a tile is in one split)."""
+    names = ("train", "val", "test")
+    urls = {s: sorted(index.loc[splits == s, "path"].unique()) for s in names}
+    counts = {s: int((splits == s).sum()) for s in names}
+    class_counts = {s: index.loc[splits == s, "label"].value_counts().to_dict() for s in names}
     return ShardSplits(urls, counts, class_counts)
 
 
@@ -176,7 +200,7 @@ class PatchDataModule(L.LightningDataModule):
 
         def sample_to_tensors(sample: dict) -> tuple[torch.Tensor, int, str]:
             meta = sample["json"]
-            low, high = percentiles.get(meta["sample"], (0.0, 65535.0))
+            low, high = percentiles[meta["sample"]]
             x = resize(to_input(sample["dapi.npy"], sample["mask.npy"], low, high, cfg.representation), size)
             if train and cfg.augment:
                 seed = zlib.crc32(sample["__key__"].encode()) + 7919 * self._epoch_seed() + self.seed
@@ -249,7 +273,7 @@ def iter_patches(
     stream = wds.WebDataset(urls, shardshuffle=False, empty_check=False).select(lambda s: s["__key__"] in labels)
     for sample in stream.decode():
         meta = sample["json"]
-        low, high = percentiles.get(meta["sample"], (0.0, 65535.0))
+        low, high = percentiles[meta["sample"]]
         dapi.append((sample["dapi.npy"].astype(np.float32) - low) / max(high - low, 1.0))
         masks.append(sample["mask.npy"])
         labels_.append(labels[sample["__key__"]])

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from markdown_it import MarkdownIt
 
 from xenium_assets.atomic import atomic_file
 from xenium_assets.plots import label_colors, png_bytes
@@ -39,6 +40,20 @@ def confusion_figure(ev: Evaluation) -> bytes:
     ax.set_xlabel("predicted from DAPI")
     ax.set_ylabel("expression label")
     ax.set_title("Test confusion matrix (colour: row fraction)", fontsize=9)
+    return png_bytes(fig)
+
+
+def null_figure(ev: Evaluation) -> bytes:
+    """The CNN's macro-F1 against its null: label maps shifted against the predictions."""
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    ax.hist(ev.null, bins=40, color="#8c8c8c", label=f"{len(ev.null):,} shifted label maps")
+    ax.axvline(ev.chance_p99, color="#4c72b0", linestyle="--", label=f"99th percentile {ev.chance_p99:.3f}")
+    observed = ev.models["cnn"].point["macro_f1"]
+    ax.axvline(observed, color="#c44e52", label=f"CNN {observed:.3f} (p = {ev.p_value:.4f})")
+    ax.set_xlabel("macro-F1")
+    ax.set_ylabel("shifts")
+    ax.set_title("Is there any signal? The CNN against chance that keeps the tissue's clumps", fontsize=9)
+    ax.legend(fontsize=7)
     return png_bytes(fig)
 
 
@@ -135,45 +150,22 @@ class Report:
 
     def html(self) -> str:
         """The same report with every image inlined: one file to send or archive."""
-        import re
-
-        def block(text: str) -> str:
-            lines, out, table = text.splitlines(), [], []
-            for line in [*lines, ""]:
-                if line.startswith("|"):
-                    table.append(line)
-                    continue
-                if table:
-                    rows = [r.strip("|").split("|") for r in table if not set(r) <= set("|-: ")]
-                    cells = "".join(
-                        "<tr>"
-                        + "".join(
-                            f"<{'th' if i == 0 else 'td'}>{html.escape(c.strip())}</{'th' if i == 0 else 'td'}>"
-                            for c in row
-                        )
-                        + "</tr>"
-                        for i, row in enumerate(rows)
-                    )
-                    out.append(f"<table>{cells}</table>")
-                    table = []
-                image = re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip())
-                if image and image.group(2) in self.images:
-                    data = base64.b64encode(self.images[image.group(2)]).decode()
-                    out.append(f'<img alt="{html.escape(image.group(1))}" src="data:image/png;base64,{data}">')
-                elif line.startswith("- "):
-                    out.append(f"<li>{html.escape(line[2:])}</li>")
-                elif line.strip():
-                    out.append(f"<p>{html.escape(line)}</p>")
-            return "\n".join(out)
-
-        body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{block(b)}" for h, b in self.sections)
+        md = MarkdownIt("commonmark", {"html": False}).enable("table")
+        # Raw HTML stays off: class and sample names come from data and must render as text.
+        tokens = md.parse(self.markdown())
+        held = {md.normalizeLink(name): png for name, png in self.images.items()}
+        for token in tokens:
+            for child in token.children or ():
+                if child.type == "image" and (png := held.get(str(child.attrGet("src")))) is not None:
+                    child.attrSet("src", "data:image/png;base64," + base64.b64encode(png).decode())
+        body = md.renderer.render(tokens, md.options, {})
         style = (
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}"
         )
         return (
             f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>\n{body}</body></html>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>"
         )
 
     def write(self, folder: Path) -> tuple[Path, Path]:
