@@ -9,6 +9,8 @@ Evaluation rebuilds the same test split (and its buffer) from it, so a report ca
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -388,10 +390,18 @@ def evaluate_model(
     )
     predictions.update(morph)
     cell_repr = None
-    if options.cell_only_model:
-        predictions["cnn_cell"], cell_repr = _cell_only(
-            index, splits, card, percentiles, options, out_dir / "cell_only", test["key"], report
-        )
+    # The extra models only answer questions in the report: their checkpoints are not kept (nor logged to MLflow).
+    scratch = Path(tempfile.mkdtemp(prefix="extra-models-"))
+    try:
+        if options.cell_only_model:
+            predictions["cnn_cell"], cell_repr = _cell_only(
+                index, splits, card, percentiles, options, scratch / "cell_only", test["key"], report
+            )
+        loso = None
+        if options.loso_max_folds and index["sample"].nunique() >= 2:
+            loso = leave_one_sample_out(index, card, percentiles, options, scratch / "loso", report)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     class_index = {c: i for i, c in enumerate(classes)}
     train_counts = dm.splits.class_counts["train"]
     ev = assess(
@@ -411,9 +421,6 @@ def evaluate_model(
         morphology_cells=morph_cells,
         cell_only_representation=cell_repr,
     )
-    loso = None
-    if options.loso_max_folds and index["sample"].nunique() >= 2:
-        loso = leave_one_sample_out(index, card, percentiles, options, out_dir / "loso", report)
     ev.extra["loso"] = loso
     rep = _build_report(ev, card, model_dir, test, dm, classes, percentiles)
     out_dir.mkdir(parents=True, exist_ok=True)
