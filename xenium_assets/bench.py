@@ -272,8 +272,7 @@ def _extract(bundle: Path, work: Path, workers: int) -> dict:
 
     from xenium_assets.bundle.manifest import write_manifest
     from xenium_assets.bundle.validate import inspect_bundle
-    from xenium_assets.defs.compute import DaskResource
-    from xenium_assets.parallel import dask_runner
+    from xenium_assets.parallel import dask_client, dask_runner
     from xenium_assets.patches.dapi_store import transcode_dapi
     from xenium_assets.patches.extract import extract_tile, largest_first, tile_tasks, warm_up
     from xenium_assets.patches.geometry import split_by_tile
@@ -283,7 +282,7 @@ def _extract(bundle: Path, work: Path, workers: int) -> dict:
     manifest = write_manifest(inspect_bundle(bundle), "bench", work / "raw")
     problems = pq.read_table(manifest.cell_problems).to_pandas()
     problems = problems[problems["kind"] == "invalid"]
-    with DaskResource(n_workers=workers).client() as client, ThreadPoolExecutor(1) as beside:
+    with dask_client(n_workers=workers) as client, ThreadPoolExecutor(1) as beside:
         # As patch_shards does, and as the floor runs with tifffile and imagecodecs already loaded: the workers load
         # the task code and the compiled mask kernel first, timed on its own.
         warmup_seconds = max(client.run(warm_up).values())

@@ -184,6 +184,26 @@ def add(bundle_dir: Path, key: str | None, pixel_size: float | None, origin: str
 
 
 @main.command()
+@click.argument("sample")
+@click.option("--to", "target", type=click.Choice(["spatialdata", "explorer"]), required=True)
+@click.argument("out", type=click.Path(path_type=Path))
+def export(sample: str, target: str, out: Path) -> None:
+    """Write SAMPLE's image, boundaries, labels and predictions as a SpatialData zarr (OUT.zarr), or its labels and
+    predictions as Xenium Explorer cell-group CSVs (into the folder OUT)."""
+    from xenium_assets.export import ExportError, export_explorer, export_spatialdata
+
+    paths = ProjectPaths.default()
+    try:
+        if target == "spatialdata":
+            click.echo(f"wrote {export_spatialdata(paths, sample, out)} (open with spatialdata.read_zarr)")
+        else:
+            for name, path in export_explorer(paths, sample, out).items():
+                click.echo(f"wrote {path} ({name}; Xenium Explorer: Cell groups > Upload)")
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
 def samples() -> None:
     """List registered samples and their bundles."""
     from xenium_assets.registry import SampleRegistry

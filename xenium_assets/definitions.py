@@ -5,15 +5,15 @@ Load it with `dagster dev` (workspace.yaml) or `dagster ... -m xenium_assets.def
 
 from pathlib import Path
 
-from dagster import Definitions, define_asset_job
+from dagster import Definitions
 
 from xenium_assets.defs.cell_labels import cell_labels
 from xenium_assets.defs.checks import label_classes_above_minimum, qc_pass_fraction, shards_match_index
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
 from xenium_assets.defs.evaluation_report import beats_chance, evaluation_report
+from xenium_assets.defs.jobs import JOBS, patch_shards_job
 from xenium_assets.defs.label_reference import label_reference
-from xenium_assets.defs.partitions import sample_tile_partitions
 from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.raw_bundle import raw_bundle
@@ -25,7 +25,7 @@ from xenium_assets.defs.tracking import EXPERIMENT, mlflow_tracking, tracking_ur
 from xenium_assets.defs.trained_model import trained_model
 from xenium_assets.paths import default_data_dir
 
-PATCH_SHARDS_JOB = "patch_shards_job"
+PATCH_SHARDS_JOB = patch_shards_job.name
 
 
 def build_definitions(data_dir: Path) -> Definitions:
@@ -45,10 +45,7 @@ def build_definitions(data_dir: Path) -> Definitions:
         asset_checks=[qc_pass_fraction, label_classes_above_minimum, shards_match_index, beats_chance],
         sensors=[landing_sensor, automation_sensor],
         schedules=[retrain_schedule],
-        jobs=[
-            # All tiles of a sample (or a range of (sample, tile) keys) in one run.
-            define_asset_job(PATCH_SHARDS_JOB, selection=[patch_shards], partitions_def=sample_tile_partitions),
-        ],
+        jobs=JOBS,
         resources={
             "project": ProjectResource(data_dir=str(data_dir)),
             "dask": DaskResource(),

@@ -7,8 +7,10 @@ importable module-level functions whose arguments pickle (they may run in anothe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from xenium_assets.progress import Progress, no_progress
@@ -55,3 +57,49 @@ def dask_runner(client: Any, progress: Progress = no_progress) -> Runner:
                 client.cancel(list(pending))
 
     return run
+
+
+@contextmanager
+def dask_client(scheduler_address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1) -> Iterator:
+    """A dask.distributed client: of an existing scheduler by address, or of a local cluster started for the block
+    (worker processes tuned as below)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler_address:
+        with Client(scheduler_address) as client:
+            yield client
+        return
+    # Workers keep glibc's default allocator settings: dask sets MALLOC_TRIM_THRESHOLD_ for its workers, and
+    # any fixed trim or mmap threshold turns off glibc's adaptive one, so every array over 128 KB is mapped
+    # and page-faulted afresh. That made a worker cut patches in 0.37-0.43 ms instead of 0.29-0.32 (16 tiles
+    # of the 20k² benchmark, 1 worker); peak worker memory is about 35 MB higher without it (docs/benchmarks.md).
+    # Arrow's tables (a tile's polygons read, its index written) use the system allocator, not arrow's
+    # mimalloc, which keeps what it freed: with mimalloc, 8 tiles of the 20k² benchmark peaked 21 MB higher
+    # than 8 of the 10k² one (a quarter of the cells each) in one worker thread; with malloc, 10 MB.
+    environ = {
+        k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items() if not k.startswith("MALLOC_")
+    } | {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+    # A local cluster has no dashboard, so its workers need not sample profiles or poll the system every
+    # few milliseconds: with these four settings, 2 workers transcoded the 20k² benchmark slide in
+    # 37.8-39.2 s against 40.2-41.7 s (two interleaved runs each; a process pool took 37.1-38.8 s).
+    quiet = {
+        "distributed.worker.profile.enabled": False,
+        "distributed.admin.tick.interval": "1s",
+        "distributed.worker.memory.monitor-interval": "1s",
+        "distributed.admin.system-monitor.interval": "5s",
+    }
+    with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **quiet}),
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            # Teardown races (a heartbeat to a closing worker) log tracebacks that mean nothing;
+            # task errors still reach us through their futures.
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

@@ -117,7 +117,14 @@ def test_demo_end_to_end(project):
     instance = DagsterInstance.get()
     # per sample: one run of its per-sample assets, one of its labels and one of all its tiles; the reference;
     # model and report
-    assert len(instance.get_runs()) == 8
+    runs = instance.get_runs()
+    assert len(runs) == 8
+    assert sorted(r.job_name for r in runs) == sorted(
+        ["ingest_sample"] * 2
+        + ["label_sample"] * 2
+        + ["cut_patch_shards"] * 2
+        + ["build_label_reference", "train_and_evaluate"]
+    )  # named jobs, so the Runs page says what ran
     assert sorted(instance.get_dynamic_partitions(SAMPLES)) == ["demo_a", "demo_b"]
     from xenium_assets.defs.demo import register_demo_bundles
     from xenium_assets.paths import ProjectPaths
@@ -126,7 +133,41 @@ def test_demo_end_to_end(project):
     register_demo_bundles(ProjectPaths(project), instance, n_cells=250, size=1024, echo=said.append)
     assert said == []  # the bundles exist: made once, registered once
     _check_model_and_report(instance, project, result.stdout)
+    _check_exports(project)
     _check_a_new_reference_relabels_without_re_cutting(project)
+
+
+def _check_exports(project: Path) -> None:
+    """`xenium-assets export` to SpatialData (read back with spatialdata) and to Xenium Explorer cell groups."""
+    import pandas as pd
+    import spatialdata
+
+    from xenium_assets.bundle.manifest import read_manifest
+
+    command = [str(Path(sys.executable).parent / "xenium-assets"), "export", "demo_a", "--to"]
+    result = _run([*command, "spatialdata", str(project / "demo_a.zarr")], project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sdata = spatialdata.read_zarr(project / "demo_a.zarr")
+    assert set(sdata.images) == {"dapi"} and {"cell_boundaries", "nucleus_boundaries"} <= set(sdata.shapes)
+    assert len(sdata.images["dapi"].children) > 1  # a multiscale
+    table = sdata.tables["table"]
+    manifest = read_manifest(project / "samples" / "demo_a" / "raw_bundle")
+    bundle_ids = set(pd.read_parquet(manifest.path("cells"), columns=["cell_id"])["cell_id"].astype(str))
+    assert set(table.obs["cell_id"]) <= bundle_ids and len(table) == len(sdata.shapes["cell_boundaries"])
+    assert {"label", "confidence", "excluded_reason", "predicted", "correct", "passed_qc"} <= set(table.obs)
+    labelled = table.obs["label"] != ""
+    assert labelled.sum() > 0.8 * len(table) and (table.obs.loc[~labelled, "excluded_reason"] != "").all()
+    assert 0 < (table.obs["predicted"] != "").sum() < len(table)  # the test tiles only
+    assert table.n_vars > 0 and table.X[table.obs["passed_qc"].to_numpy()].sum() > 0
+    result = _run([*command, "explorer", str(project / "explorer")], project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("expression_labels.csv", "predicted_classes.csv", "prediction_correct.csv"):
+        groups = pd.read_csv(project / "explorer" / name)
+        assert list(groups.columns) == ["cell_id", "group"] and len(groups) > 0, name
+        assert set(groups["cell_id"]) <= bundle_ids, name
+    assert set(pd.read_csv(project / "explorer" / "prediction_correct.csv")["group"]) <= {"correct", "incorrect"}
+    missing = _run([command[0], "export", "ghost", "--to", "explorer", str(project / "x")], project)
+    assert missing.returncode != 0 and "sample 'ghost' has no raw_bundle" in missing.stderr
 
 
 def _check_a_new_reference_relabels_without_re_cutting(project: Path) -> None:
@@ -180,6 +221,7 @@ def _check_model_and_report(instance: DagsterInstance, project: Path, stdout: st
     assert model["mlflow_run"].value.endswith(run.info.run_id)
     assert run.info.status == "FINISHED"  # ended by dagster-mlflow's hook with the Dagster run
     assert run.data.params["backbone"] == "resnet10t" and "label_version" in run.data.tags
+    assert run.info.run_name.startswith(run.data.tags["label_version"] + " 20")  # the label version and the date
     assert len(client.get_metric_history(run.info.run_id, "val_macro_f1")) == model["epochs"].value  # curves
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/best.ckpt", "model/model.json", "model/split.parquet", "model/shards.txt"} <= artifacts

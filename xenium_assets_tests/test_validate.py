@@ -230,6 +230,20 @@ def test_pixel_size_mismatch_is_reported_and_config_overrides(bundle_copy):
     assert any("the configured value is used" in p for p in report.problems)
 
 
+@pytest.mark.parametrize("value", [0, "0.2125um", -0.2, None], ids=["zero", "text", "negative", "null"])
+def test_unusable_pixel_size_falls_back_to_ome_and_is_listed(bundle_copy, value):
+    bundle = bundle_copy()
+    spec = json.loads((bundle / "experiment.xenium").read_text())
+    spec["pixel_size"] = value
+    (bundle / "experiment.xenium").write_text(json.dumps(spec))
+    report = inspect_bundle(bundle)
+    assert report.pixel_size_um == pytest.approx(0.2125) and report.pixel_size_source == "ome"
+    listed = [p for p in report.problems if "pixel_size" in p and "is not a positive number" in p]
+    assert len(listed) == (value is not None), report.problems  # a JSON null is an absent value, not a bad one
+    if listed:
+        assert f"pixel_size {value!r}" in listed[0] and "experiment.xenium" in listed[0] and "µm is used" in listed[0]
+
+
 def test_unparseable_version_reads_the_layout(bundle_copy):
     bundle = bundle_copy("4")
     spec = json.loads((bundle / "experiment.xenium").read_text())

@@ -19,9 +19,10 @@ import pytest
 
 from xenium_assets.bundle.manifest import write_manifest
 from xenium_assets.bundle.validate import inspect_bundle
-from xenium_assets.labels.overview import EXCLUDED, overview, overview_png
+from xenium_assets.labels.overview import EXCLUDED, NOT_LABELLED, legend_entries, overview, overview_png
 from xenium_assets.labels.store import mark_latest, write_labels
 from xenium_assets.paths import ProjectPaths
+from xenium_assets.plots import scale_bar_length
 from xenium_assets.raster import Window
 from xenium_assets.slide import LabelLevel
 from xenium_assets.synth import truth_labels
@@ -127,6 +128,18 @@ def test_overview_colours_each_cell_by_its_label(viewed):
     assert np.allclose(rgb[view.codes == 0].std(axis=1), 0)
     assert rgb[view.codes > 0].std(axis=1).mean() > 0.05
     assert overview_png(data.manifest, data.geometry, data.labels)[:8] == PNG
+    # The legend names every colour shown: each class, excluded cells, and cells without a label (bare DAPI).
+    entries = legend_entries(view, len(data.geometry.ids))
+    assert [text.split(" (")[0] for text, _ in entries[: len(view.names)]] == view.names
+    unlabelled = len(data.geometry.ids) - len(data.labels)
+    assert (entries[-1][0] == f"{NOT_LABELLED} ({unlabelled:,})") == (unlabelled > 0)
+    assert sum(int(text.rsplit("(", 1)[1].rstrip(")").replace(",", "")) for text, _ in entries) == len(
+        data.geometry.ids
+    )
+
+
+def test_scale_bars_have_round_lengths():
+    assert [scale_bar_length(e) for e in (435.2, 1000, 9.9, 12_000)] == [50.0, 200.0, 1.0, 2000.0]
 
 
 def test_missing_inputs_give_clear_errors(viewed, tmp_path):

@@ -9,6 +9,7 @@ listed in a table that downstream assets use to skip it. Every check is vectoris
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,9 +147,22 @@ def _resolve_pixel_size(
     spec: dict, dapi: DapiImage, files: BundleFiles, override: float | None, problems: list[str]
 ) -> tuple[float, str]:
     """Pixel size in µm: config override, else experiment.xenium (as spatialdata-io), else OME."""
-    from_spec = spec.get("pixel_size")
-    from_spec = float(from_spec) if isinstance(from_spec, int | float) and from_spec > 0 else None
+    raw = spec.get("pixel_size")
+    usable = isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw) and raw > 0
+    from_spec = float(raw) if usable else None
     from_ome = dapi.physical_size_um
+    if raw is not None and not usable:
+        fallback = (
+            "the configured value is used"
+            if override is not None
+            else f"{dapi.file.name}'s {from_ome} µm is used"
+            if from_ome
+            else "no other source"
+        )
+        problems.append(
+            f"{files.root / 'experiment.xenium'}: pixel_size {raw!r} is not a positive number of µm; {fallback} "
+            "(set pixel_size_um to choose)"
+        )
     if from_spec and from_ome and abs(from_spec - from_ome) > PIXEL_SIZE_TOLERANCE * from_spec:
         problems.append(
             f"pixel size mismatch: experiment.xenium says {from_spec} µm, {dapi.file.name} says {from_ome} µm"

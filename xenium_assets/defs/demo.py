@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 
+from xenium_assets.defs.jobs import (
+    cell_labels_job,
+    ingest_sample_job,
+    label_reference_job,
+    patch_shards_job,
+    training_job,
+)
 from xenium_assets.defs.operations import QUIET, summarise
-from xenium_assets.defs.partitions import SAMPLES, sample_partitions, sample_tile_partitions, tile_partitions
+from xenium_assets.defs.partitions import SAMPLES, tile_partitions
 from xenium_assets.paths import ProjectPaths
 from xenium_assets.progress import TqdmProgress
 from xenium_assets.registry import SampleRegistry
@@ -54,65 +61,32 @@ def register_demo_bundles(
 def run_demo(
     paths: ProjectPaths, instance: DagsterInstance, *, n_cells: int, size: int, echo: Callable[[str], None]
 ) -> list[str]:
-    """Register the demo samples, then materialize every asset in dependency order; return a summary.
+    """Register the demo samples, then run the named jobs in dependency order; return a summary.
 
-    Per-sample assets run per sample (those that read a cross-sample asset, such as cell_labels, after it),
-    cross-sample ones once, and sample x tile ones as one run per sample covering all its tiles (a partition
-    range, like a single-run backfill).
+    Per sample its ingest; the label reference once; per sample its labels; per sample all its tiles' shards in
+    one run (a partition range, like a single-run backfill); then training and the report.
     """
-    from xenium_assets.definitions import PATCH_SHARDS_JOB, build_definitions
+    from xenium_assets.definitions import build_definitions
 
     keys = register_demo_bundles(paths, instance, n_cells=n_cells, size=size, echo=echo)
     defs = build_definitions(paths.data_dir)
-    assets = list(defs.assets or [])
-    resources = defs.resources
     summary: list[str] = []
 
-    def report(result, label: str) -> None:
+    def run(job, label: str, partition_key: str | None = None, tags: dict | None = None) -> None:
+        echo(f"running {job.name} for {label}")
+        result = defs.resolve_job_def(job.name).execute_in_process(
+            instance=instance, partition_key=partition_key, tags=tags, run_config=QUIET, raise_on_error=False
+        )
         summary.extend(summarise(result, label))
 
-    graph = defs.resolve_asset_graph()
-    per_tile_keys = {a.key for a in assets if a.partitions_def == sample_tile_partitions}
-    unpartitioned = [a for a in assets if a.partitions_def is None]
-    # Per-sample assets before and after the cross-sample ones they read (cell_labels reads label_reference).
-    per_sample = [a for a in assets if a.partitions_def == sample_partitions]
-    reads_shared = {a.key for a in per_sample if graph.get_ancestor_asset_keys(a.key) & {u.key for u in unpartitioned}}
-    first_per_sample = [a for a in per_sample if a.key not in reads_shared]
-    then_per_sample = [a for a in per_sample if a.key in reads_shared]
-    later = per_tile_keys | reads_shared
-    after_tiles = [a for a in unpartitioned if graph.get_ancestor_asset_keys(a.key) & later]
-    before_tiles = [a for a in unpartitioned if a not in after_tiles]
-    everything = [*assets, *(defs.asset_checks or [])]
-
-    def run_selection(selection: list, label: str) -> None:
-        echo(f"materializing {', '.join(a.key.to_user_string() for a in selection)} for {label}")
-        report(
-            materialize(
-                everything,
-                selection=selection,
-                instance=instance,
-                resources=resources,
-                run_config=QUIET,
-                partition_key=label if label in keys else None,
-                raise_on_error=False,
-            ),
-            label,
-        )
-
     for key in keys:
-        run_selection(first_per_sample, key)
-    if before_tiles:
-        run_selection(before_tiles, "all samples")
-    for key in keys if then_per_sample else ():
-        run_selection(then_per_sample, key)
-    if per_tile_keys:
-        job = defs.resolve_job_def(PATCH_SHARDS_JOB)
-        tiles = tile_partitions.get_partition_keys()
-        for key in keys:
-            echo(f"materializing patch_shards for all {len(tiles)} tiles of {key} (one run)")
-            tags = {RANGE_START: f"{key}|{tiles[0]}", RANGE_END: f"{key}|{tiles[-1]}"}
-            report(job.execute_in_process(instance=instance, tags=tags, run_config=QUIET), key)
-    if after_tiles:
-        run_selection(after_tiles, "all samples")
+        run(ingest_sample_job, key, partition_key=key)
+    run(label_reference_job, "all samples")
+    for key in keys:
+        run(cell_labels_job, key, partition_key=key)
+    tiles = tile_partitions.get_partition_keys()
+    for key in keys:
+        run(patch_shards_job, key, tags={RANGE_START: f"{key}|{tiles[0]}", RANGE_END: f"{key}|{tiles[-1]}"})
+    run(training_job, "all samples")
     summary.append(f"Dagster runs are in {instance.root_directory}; browse them with `make dev`.")
     return summary

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 
 from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.qc_adata import ADATA
@@ -41,32 +41,22 @@ def rebuild_reference(
     """Materialize label_reference with ``config`` (its run config), then, with ``relabel``, cell_labels of every
     sample with a qc_adata, one run each."""
     from xenium_assets.definitions import build_definitions
+    from xenium_assets.defs.jobs import cell_labels_job, label_reference_job
 
     defs = build_definitions(paths.data_dir)
-    everything = [*(defs.assets or []), *(defs.asset_checks or [])]
-    by_name = {a.key.to_user_string(): a for a in defs.assets or []}
     options = {k: v for k, v in config.items() if v is not None}
-    echo("materializing label_reference")
-    result = materialize(
-        everything,
-        selection=[by_name["label_reference"]],
+    echo(f"running {label_reference_job.name}")
+    result = defs.resolve_job_def(label_reference_job.name).execute_in_process(
         instance=instance,
-        resources=defs.resources,
         run_config={**QUIET, "ops": {"label_reference": {"config": options}}},
         raise_on_error=False,
     )
     lines = summarise(result, "reference")
     samples = [s for s in instance.get_dynamic_partitions(SAMPLES) if (paths.asset_dir(s, "qc_adata") / ADATA).exists()]
     for sample in samples if relabel else ():
-        echo(f"materializing cell_labels for {sample}")
-        result = materialize(
-            everything,
-            selection=[by_name["cell_labels"]],
-            instance=instance,
-            resources=defs.resources,
-            run_config=QUIET,
-            partition_key=sample,
-            raise_on_error=False,
+        echo(f"running {cell_labels_job.name} for {sample}")
+        result = defs.resolve_job_def(cell_labels_job.name).execute_in_process(
+            instance=instance, run_config=QUIET, partition_key=sample, raise_on_error=False
         )
         lines += summarise(result, sample)
     return lines

@@ -5,9 +5,9 @@ import os
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
-from xenium_assets.defs.evaluation_report import evaluation_report
+from xenium_assets.defs.jobs import training_job
 from xenium_assets.defs.resources import ProjectResource
-from xenium_assets.defs.trained_model import trained_model, training_inputs
+from xenium_assets.defs.trained_model import training_inputs
 
 CRON_ENV = "XENIUM_ASSETS_RETRAIN_CRON"
 DEFAULT_CRON = "0 3 * * 1"  # Mondays, 03:00
@@ -22,7 +22,7 @@ def last_trained_on(project: ProjectResource) -> str | None:
 @schedule(
     name="retrain_schedule",
     cron_schedule=os.environ.get(CRON_ENV, DEFAULT_CRON),
-    target=[trained_model, evaluation_report],
+    job=training_job,
     tags={TRAINING_TAG: "true"},
     default_status=DefaultScheduleStatus.RUNNING,
     description=f"Retrains the model and its report on all samples (cron from ${CRON_ENV}, default weekly), "

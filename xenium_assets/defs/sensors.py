@@ -16,15 +16,11 @@ from dagster import (
 
 from xenium_assets.bundle.errors import BundleError
 from xenium_assets.bundle.validate import inspect_bundle
-from xenium_assets.defs.dapi_zarr import dapi_zarr
+from xenium_assets.defs.jobs import PER_SAMPLE, ingest_sample_job
 from xenium_assets.defs.partitions import sample_partitions
-from xenium_assets.defs.qc_adata import qc_adata
-from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
-from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.landing import LandingState, look
 
-PER_SAMPLE = [raw_bundle, qc_adata, dapi_zarr, tile_geometry]
 PER_SAMPLE_KEYS = [a.key for a in PER_SAMPLE]
 INTERVAL_ENV = "XENIUM_ASSETS_SENSOR_INTERVAL"
 """Seconds between sensor evaluations (default 30; tests use less)."""
@@ -38,7 +34,7 @@ def _interval() -> int:
     name="landing_sensor",
     minimum_interval_seconds=_interval(),
     default_status=DefaultSensorStatus.RUNNING,
-    target=PER_SAMPLE,
+    job=ingest_sample_job,
     description="Registers each completely copied Xenium folder in data/landing (or the project's landing_dir) as a "
     "sample and materializes its per-sample assets; the cursor makes each folder's content run once, and a copy of "
     "a registered run (same experiment, region and files) is skipped with the reason.",

@@ -168,7 +168,13 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
     except TrainingError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
     seconds = time.perf_counter() - start
-    tracking.set_tags({"label_version": model.label_version})
+    # A readable MLflow run name (dagster-mlflow names runs after the job).
+    tracking.set_tags(
+        {
+            "label_version": model.label_version,
+            "mlflow.runName": f"{model.label_version} {time.strftime('%Y-%m-%d %H:%M')}",
+        }
+    )
     tracking.log_metric("best_val_macro_f1", model.fit.best_val_macro_f1)
     for name in ("model.json", "split.parquet", "history.csv", model.fit.checkpoint.name):
         tracking.log_artifact(str(out / name), artifact_path="model")

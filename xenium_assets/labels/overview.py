@@ -15,7 +15,7 @@ from matplotlib.patches import Patch
 
 from xenium_assets.bundle.image import open_plane
 from xenium_assets.bundle.manifest import Manifest
-from xenium_assets.plots import label_colors, png_bytes
+from xenium_assets.plots import add_scale_bar, label_colors, png_bytes
 from xenium_assets.slide import SlideGeometry
 
 EXCLUDED = "excluded"
@@ -84,10 +84,24 @@ def overview(manifest: Manifest, geometry: SlideGeometry, labels: pd.DataFrame, 
     )
 
 
+NOT_LABELLED = "no label (DAPI only)"
+NOT_LABELLED_COLOUR = (0.45, 0.45, 0.45, 1.0)
+
+
+def legend_entries(view: Overview, n_cells: int) -> list[tuple[str, tuple]]:
+    """Every colour the overview shows, with its meaning and cell count: each class, grey for excluded cells,
+    and the bare DAPI grey of cells with no row in the labels table (QC failed, or not in the matrix)."""
+    entries = [(f"{name} ({count:,})", view.palette[name]) for name, count in zip(view.names, view.counts, strict=True)]
+    unlabelled = n_cells - sum(view.counts)
+    if unlabelled > 0:
+        entries.append((f"{NOT_LABELLED} ({unlabelled:,})", NOT_LABELLED_COLOUR))
+    return entries
+
+
 def overview_png(
     manifest: Manifest, geometry: SlideGeometry, labels: pd.DataFrame, target_px: int = 1200, title: str = ""
 ) -> bytes:
-    """The overview as a captioned PNG with a µm axis and a legend of class counts."""
+    """The overview as a captioned PNG with a µm axis, a scale bar and a legend of every colour with its count."""
     import matplotlib.pyplot as plt
 
     view = overview(manifest, geometry, labels, target_px)
@@ -97,11 +111,9 @@ def overview_png(
     ax.imshow(view.rgb, extent=(0, width * um, height * um, 0))
     ax.set_xlabel("µm")
     ax.set_title(title or manifest.sample, fontsize=10, loc="left")
+    add_scale_bar(ax, width * um)
     ax.legend(
-        handles=[
-            Patch(color=view.palette[name], label=f"{name} ({count:,})")
-            for name, count in zip(view.names, view.counts, strict=True)
-        ],
+        handles=[Patch(color=colour, label=text) for text, colour in legend_entries(view, len(geometry.ids))],
         loc="upper left",
         bbox_to_anchor=(1.01, 1),
         fontsize=7,

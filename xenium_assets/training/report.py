@@ -15,7 +15,7 @@ import torch
 from markdown_it import MarkdownIt
 
 from xenium_assets.atomic import atomic_file
-from xenium_assets.plots import label_colors, png_bytes
+from xenium_assets.plots import add_scale_bar, label_colors, png_bytes
 from xenium_assets.training.evaluate import Evaluation
 
 
@@ -124,10 +124,13 @@ def slide_map_figure(test: pd.DataFrame, sample: str) -> bytes:
     axes[2].scatter(cells.loc[~right, "x_um"], cells.loc[~right, "y_um"], s=6, color="#c44e52", label="wrong")
     axes[2].set_title(f"{sample}: {right.mean():.0%} correct on test tiles", fontsize=9)
     axes[2].legend(fontsize=6, markerscale=2)
+    extent = float(cells["x_um"].max() - cells["x_um"].min()) if len(cells) else 0.0
     for ax in axes:
         ax.set_aspect("equal")
         ax.invert_yaxis()
         ax.set_xlabel("x (µm)")
+        if extent > 0:
+            add_scale_bar(ax, extent, color="black")
     return png_bytes(fig)
 
 
