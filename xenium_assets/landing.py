@@ -9,11 +9,11 @@ the same folder with the same content is never handed out again, whatever restar
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenium_assets.fingerprint import stat_fingerprint
 from xenium_assets.formats import XeniumFile
 
 COMPLETE_MARKER = "xenium-assets.complete"
@@ -25,15 +25,11 @@ def folder_fingerprint(folder: Path) -> str:
     Sizes, not times: a file being copied grows, so a copy in progress changes the fingerprint, while
     the same bundle copied in again has the same one and is not processed twice.
     """
-    h = hashlib.sha1()
-    for root, dirs, files in os.walk(folder):
+    files = []
+    for root, dirs, names in os.walk(folder):
         dirs.sort()
-        for name in sorted(files):
-            if name == COMPLETE_MARKER:
-                continue
-            path = os.path.join(root, name)
-            h.update(f"{os.path.relpath(path, folder)}:{os.stat(path).st_size};".encode())
-    return h.hexdigest()
+        files += [os.path.join(root, name) for name in sorted(names) if name != COMPLETE_MARKER]
+    return stat_fingerprint(files, folder, times=False)
 
 
 def candidates(landing: Path) -> list[Path]:

@@ -15,8 +15,8 @@ from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.defs.schedules import DEFAULT_CRON, retrain_schedule
 from xenium_assets.defs.sensors import landing_sensor
-from xenium_assets.defs.trained_model import training_inputs
 from xenium_assets.landing import COMPLETE_MARKER, LandingState, look
+from xenium_assets.training.inputs import training_inputs
 
 
 def _evaluate(instance, project: ProjectResource, cursor: str | None):
@@ -147,7 +147,7 @@ def test_retraining_when_labels_shards_or_the_reference_changed(project):
 
     def trained_now() -> SkipReason:
         (project / "models").mkdir(exist_ok=True)
-        (project / "models" / "latest.json").write_text(json.dumps({"inputs": training_inputs(resource)}))
+        (project / "models" / "latest.json").write_text(json.dumps({"inputs": training_inputs(resource.paths)}))
         result = _schedule(instance, resource)
         assert isinstance(result, SkipReason) and "unchanged since the last model" in result.skip_message
         return result

@@ -11,6 +11,7 @@ import torch
 
 from xenium_assets.training.data import DataConfig, PatchDataModule, augment, load_index, shard_splits, to_input
 from xenium_assets.training.morphology import nucleus_hull_area
+from xenium_assets.training.report import where_the_signal_lies
 from xenium_assets.training.run import (
     ReportOptions,
     TrainingError,
@@ -18,7 +19,6 @@ from xenium_assets.training.run import (
     labelled_index,
     select_classes,
     train_model,
-    where_the_signal_lies,
 )
 from xenium_assets.training.splits import BUFFER, SplitConfig, cell_splits, spatial_split, split_summary
 from xenium_assets.training.train import TrainConfig, predict

@@ -8,7 +8,6 @@ listed in a table that downstream assets use to skip it. Every check is vectoris
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from xenium_assets.bundle.ids import normalise_ids
 from xenium_assets.bundle.image import DapiImage, find_dapi
 from xenium_assets.bundle.locate import BundleFiles, XoaVersion, locate_files, parse_version, read_experiment
 from xenium_assets.bundle.tables import read_matrix_index, read_table, unreadable
+from xenium_assets.fingerprint import stat_fingerprint
 from xenium_assets.formats import CONTROL_FEATURE_TYPES, Col, FeatureType
 from xenium_assets.progress import Progress, no_progress
 
@@ -206,12 +206,7 @@ def _fingerprint(files: BundleFiles) -> str:
         if p is not None
     ]
     paths += sorted(files.focus.parent.glob("*.ome.tif"))
-    h = hashlib.sha1()
-    for p in paths:
-        for q in sorted(p.rglob("*")) if p.is_dir() else [p]:
-            st = q.stat()
-            h.update(f"{q.relative_to(files.root)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
+    return stat_fingerprint([q for p in paths for q in (sorted(p.rglob("*")) if p.is_dir() else [p])], files.root)
 
 
 def inspect_bundle(

@@ -1,10 +1,7 @@
 """Asset checks that guard the chain: QC pass rate, usable reference classes, shards agreeing with their index."""
 
 import json
-import tarfile
-from collections import Counter
 
-import pandas as pd
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
 
 from xenium_assets.defs.label_reference import label_reference
@@ -12,7 +9,7 @@ from xenium_assets.defs.partitions import sample_partitions
 from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.qc_adata import SUMMARY, qc_adata
 from xenium_assets.labels.table import UNASSIGNED
-from xenium_assets.patches.shards import INDEX
+from xenium_assets.patches.shards import INDEX, verify_tile
 
 QC_PASS_FLOOR = 0.5
 
@@ -69,18 +66,9 @@ def shards_match_index(context: AssetCheckExecutionContext) -> AssetCheckResult:
     problems, tiles, listed = [], 0, 0
     for index_path in sorted(samples_dir.glob(f"*/patch_shards/*/{INDEX}")):
         tiles += 1
-        index = pd.read_parquet(index_path, columns=["key", "shard"])
-        listed += len(index)
-        expected = Counter(index["shard"])
-        for shard, n in expected.items():
-            try:
-                with tarfile.open(index_path.parent / shard) as tar:
-                    found = sum(1 for m in tar if m.name.endswith(".json"))
-            except (OSError, tarfile.TarError) as exc:
-                problems.append(f"{index_path.parent / shard}: unreadable ({exc})")
-                continue
-            if found != n:
-                problems.append(f"{index_path.parent / shard}: {found} samples, index lists {n}")
+        n, tile_problems = verify_tile(index_path.parent)
+        listed += n
+        problems += tile_problems
     return AssetCheckResult(
         passed=not problems,
         metadata={"tiles": tiles, "indexed_samples": listed, "problems": "\n".join(problems[:20]) or "none"},

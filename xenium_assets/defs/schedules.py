@@ -7,7 +7,7 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 
 from xenium_assets.defs.jobs import training_job
 from xenium_assets.defs.resources import ProjectResource
-from xenium_assets.defs.trained_model import training_inputs
+from xenium_assets.training.inputs import training_inputs
 
 CRON_ENV = "XENIUM_ASSETS_RETRAIN_CRON"
 DEFAULT_CRON = "0 3 * * 1"  # Mondays, 03:00
@@ -29,7 +29,7 @@ def last_trained_on(project: ProjectResource) -> str | None:
     "skipping when no shards or labels changed since the last model.",
 )
 def retrain_schedule(context: ScheduleEvaluationContext, project: ProjectResource) -> RunRequest | SkipReason:
-    current = training_inputs(project)
+    current = training_inputs(project.paths)
     if not any(project.paths.samples_dir.glob("*/patch_shards/*/index.parquet")):
         return SkipReason("no patch shards yet: nothing to train on")
     if last_trained_on(project) == current:

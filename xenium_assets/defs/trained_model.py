@@ -2,7 +2,6 @@
 
 Labels come from one label reference version (the latest by default), joined to the shards by key."""
 
-import hashlib
 import time
 from typing import Literal
 
@@ -16,6 +15,7 @@ from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.tracking import REGISTERED_MODEL, end_mlflow_on_run_finished, pip_requirements
 from xenium_assets.labels.table import MIN_CLASS_CELLS
+from xenium_assets.training.inputs import training_inputs
 
 MLFLOW_UI = "http://127.0.0.1:5000"
 
@@ -52,23 +52,6 @@ class TrainModelConfig(Config):
     num_workers: int | None = None
     """Data-loader processes; by default the CPUs beyond two (none on a 2-CPU machine), at most 4."""
     seed: int = 0
-
-
-def training_inputs(project) -> str:
-    """Fingerprint of what training reads (stat only): the latest label reference, every sample's labels in it and
-    every tile's shard index. A new sample's labels or shards, or a new reference, change it."""
-    from xenium_assets.labels.store import latest_version
-
-    paths = project.paths
-    version = latest_version(paths) or ""
-    labels = sorted(paths.samples_dir.glob(f"*/cell_labels/{version}.parquet")) if version else []
-    files = [paths.latest_reference, *labels, *sorted(paths.samples_dir.glob("*/patch_shards/*/index.parquet"))]
-    h = hashlib.sha1(version.encode())
-    for f in files:
-        if f.exists():
-            st = f.stat()
-            h.update(f"{f.relative_to(paths.data_dir)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
 
 
 def sample_shard_dirs(context: AssetExecutionContext, project) -> dict:
@@ -121,7 +104,7 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
             f"no sample with shards has labels in {version}: materialize cell_labels for them", allow_retries=False
         )
     dirs = {k: d for k, d in dirs.items() if k not in unlabelled}
-    inputs = training_inputs(project)  # what the retrain schedule compares against
+    inputs = training_inputs(project.paths)  # what the retrain schedule compares against
     run = mlflow.active_run()
     out = project.paths.models_dir / run.info.run_id
     data = DataConfig(

@@ -368,6 +368,26 @@ def read_index(folders: Iterable[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def verify_tile(folder: Path) -> tuple[int, list[str]]:
+    """The samples a tile's index lists, and every problem with its shards: unreadable, or holding another number
+    of samples than the index says (a shard copied half-way, or replaced)."""
+    import tarfile
+    from collections import Counter
+
+    index = pd.read_parquet(Path(folder) / INDEX, columns=["key", "shard"])
+    problems = []
+    for shard, n in Counter(index["shard"]).items():
+        try:
+            with tarfile.open(Path(folder) / shard) as tar:
+                found = sum(1 for m in tar if m.name.endswith(".json"))
+        except (OSError, tarfile.TarError) as exc:
+            problems.append(f"{Path(folder) / shard}: unreadable ({exc})")
+            continue
+        if found != n:
+            problems.append(f"{Path(folder) / shard}: {found} samples, index lists {n}")
+    return len(index), problems
+
+
 def index_metadata(folder: Path) -> dict[str, str]:
     meta = pq.read_schema(Path(folder) / INDEX).metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items()}
