@@ -217,6 +217,7 @@ def test_viewer_layers_show_the_slide_cells_labels_and_predictions(viewer):
     from xenium_assets.viewer import app
 
     v, data, genes = viewer
+    assert v.scale_bar.visible and v.layers[app.DAPI].units[0] == "micrometer"  # the bar reads the layers' µm
     names = [layer.name for layer in v.layers]
     assert names == [
         app.DAPI,

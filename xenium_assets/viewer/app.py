@@ -131,6 +131,7 @@ def build_viewer(
         widget = ClassPatches(viewer, data)
         viewer.window.add_dock_widget(widget, name=WIDGET, area="right")
     viewer.layers.selection.active = viewer.layers[DAPI]
+    viewer.scale_bar.visible = True  # in the layers' units, µm (in screenshots too)
     viewer.reset_view()
     return viewer
 
