@@ -49,17 +49,20 @@ class SampleResults:
     model: str | None
 
 
-def _predictions(paths: ProjectPaths, sample: str) -> tuple[pd.DataFrame, str | None]:
-    """The latest model's test-tile predictions of ``sample`` (cell_id, predicted), and the model's folder name."""
+def latest_predictions(paths: ProjectPaths, sample: str) -> tuple[pd.DataFrame | None, str | None]:
+    """The latest model's test-tile predictions of ``sample`` (key, label, predicted, cell_id), and the model's
+    folder name; None where there is no model, report or prediction for it."""
     if not paths.latest_model.exists():
-        return pd.DataFrame(columns=["cell_id", "predicted"]), None
+        return None, None
     folder = Path(json.loads(paths.latest_model.read_text())["folder"])
     path = paths.report_dir(folder.name) / "predictions.parquet"
     if not path.exists():
-        return pd.DataFrame(columns=["cell_id", "predicted"]), None
-    table = pd.read_parquet(path, columns=["key", "sample", "predicted"])
+        return None, None
+    table = pd.read_parquet(path, columns=["key", "sample", "label", "predicted"])
     table = table[table["sample"] == sample]
-    return table.assign(cell_id=table["key"].str.slice(len(sample) + 1))[["cell_id", "predicted"]], folder.name
+    if not len(table):
+        return None, folder.name
+    return table.assign(cell_id=table["key"].str.slice(len(sample) + 1)), folder.name
 
 
 def sample_results(paths: ProjectPaths, sample: str) -> SampleResults:
@@ -91,8 +94,9 @@ def sample_results(paths: ProjectPaths, sample: str) -> SampleResults:
     unexplained = cells["label"].isna() & reason.eq("")
     cells["excluded_reason"] = reason.where(~unexplained, fallback)
     cells["passed_qc"] = passed_qc if passed_qc is not None else False
-    predictions, model = _predictions(paths, sample)
-    cells = cells.join(predictions.set_index("cell_id"))
+    predictions, model = latest_predictions(paths, sample)
+    predicted = predictions.set_index("cell_id")["predicted"] if predictions is not None else None
+    cells["predicted"] = predicted.reindex(cells.index) if predicted is not None else None
     cells["correct"] = pd.Series(None, index=cells.index, dtype=object)
     predicted = cells["predicted"].notna() & cells["label"].notna()
     right = cells.loc[predicted, "predicted"] == cells.loc[predicted, "label"]

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from xenium_assets.formats import XENIUM_PIXEL_SIZE_UM
-from xenium_assets.patches.grid import edges, tiles_of
+from xenium_assets.patches.grid import GRID, edges, tiles_of
 from xenium_assets.synth.biology import assign_regions, place_cells
 from xenium_assets.training.spatial_stats import StatsConfig, cell_permutation_p, label_fields, shift_test
 from xenium_assets.training.splits import SplitConfig, cell_splits, spatial_split
@@ -47,14 +47,15 @@ def simulate(rng: np.random.Generator, scenario: Scenario) -> pd.DataFrame:
         predicted = np.where(rng.random(len(xy)) < scenario.dependence, label, other)
         px = xy / XENIUM_PIXEL_SIZE_UM
         tile = tiles_of(px[:, 1], px[:, 0], scenario.side_px, scenario.side_px)
-        row = np.array([int(t[1:].split("c")[0]) for t in tile])
-        col = np.array([int(t.split("c")[1]) for t in tile])
+        px_edges = edges(scenario.side_px)
+        row = np.clip(np.searchsorted(px_edges, px[:, 1], side="right") - 1, 0, GRID - 1)  # as tiles_of finds them
+        col = np.clip(np.searchsorted(px_edges, px[:, 0], side="right") - 1, 0, GRID - 1)
         frames.append(
             pd.DataFrame(
                 {
                     "sample": f"s{s}",
                     "tile": tile,
-                    "key": [f"s{s}/{i}" for i in range(len(xy))],
+                    "key": np.char.add(f"s{s}/", np.arange(len(xy)).astype(str)),
                     "x_um": xy[:, 0],
                     "y_um": xy[:, 1],
                     "tile_x0": tile_edges[col],
@@ -62,8 +63,8 @@ def simulate(rng: np.random.Generator, scenario: Scenario) -> pd.DataFrame:
                     "tile_x1": tile_edges[col + 1],
                     "tile_y1": tile_edges[row + 1],
                     "patch_um": scenario.patch_px * XENIUM_PIXEL_SIZE_UM,
-                    "label": [f"c{c}" for c in label],
-                    "predicted": [f"c{c}" for c in predicted],
+                    "label": np.char.add("c", label.astype(str)),
+                    "predicted": np.char.add("c", predicted.astype(str)),
                 }
             )
         )

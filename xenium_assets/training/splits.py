@@ -93,8 +93,8 @@ def spatial_split(index: pd.DataFrame, classes: list[str], config: SplitConfig) 
     """(sample, tile) -> split, for the tiles of ``index`` (sample, tile, label, tile bounds, patch_um per cell)."""
     tiles = index.drop_duplicates(["sample", "tile"])[["sample", "tile", "tile_x0", "tile_x1"]].reset_index(drop=True)
     tiles["block"] = tile_blocks(tiles, buffer_width(index, config), config).to_numpy()
-    block_of = dict(zip(zip(tiles["sample"], tiles["tile"], strict=True), tiles["block"], strict=True))
-    cell_block = pd.Series([block_of[t] for t in zip(index["sample"], index["tile"], strict=True)], index=index.index)
+    cell_block = index[["sample", "tile"]].merge(tiles[["sample", "tile", "block"]], on=["sample", "tile"])["block"]
+    cell_block.index = index.index
     counts = pd.crosstab(cell_block, index["label"]).reindex(columns=classes, fill_value=0)
     cells = counts.sum(axis=1)
     total = float(cells.sum())

@@ -7,7 +7,6 @@ on would look better than they are, so they are not predicted at all.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 
 from xenium_assets.bundle.ids import normalise_ids
 from xenium_assets.bundle.manifest import MANIFEST, Manifest, read_manifest
+from xenium_assets.export import latest_predictions
 from xenium_assets.formats import Col
 from xenium_assets.labels.overview import class_codes, class_palette
 from xenium_assets.patches.shards import INDEX, read_index
@@ -82,21 +82,6 @@ def _labels(paths: ProjectPaths, sample: str) -> pd.DataFrame | None:
     return table if len(table) else None
 
 
-def _predictions(paths: ProjectPaths, sample: str) -> pd.DataFrame | None:
-    """The latest model's test-split predictions for this sample, with cell ids."""
-    if not paths.latest_model.exists():
-        return None
-    folder = Path(json.loads(paths.latest_model.read_text())["folder"])
-    path = paths.report_dir(folder.name) / "predictions.parquet"
-    if not path.exists():
-        return None
-    table = pd.read_parquet(path, columns=["key", "sample", "label", "predicted"])
-    table = table[table["sample"] == sample]
-    if not len(table):
-        return None
-    return table.assign(cell_id=table["key"].str.slice(len(sample) + 1))
-
-
 def _patches(paths: ProjectPaths, sample: str, labels: pd.DataFrame | None) -> pd.DataFrame | None:
     """The sample's shard index, with each usable cell's label joined on by cell id (shards hold no labels)."""
     tiles = sorted(p.parent for p in paths.asset_dir(sample, "patch_shards").glob(f"*/{INDEX}"))
@@ -130,7 +115,7 @@ def load_view_data(
         manifest=manifest,
         geometry=geometry,
         labels=labels,
-        predictions=_predictions(paths, sample),
+        predictions=latest_predictions(paths, sample)[0],
         patches=_patches(paths, sample, labels),
         transcripts=read_transcripts(manifest, genes) if genes else None,
     )
