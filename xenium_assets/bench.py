@@ -8,6 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from xenium_assets.formats import XeniumFile
+from xenium_assets.layout import BENCH_VIEW_SCREENSHOT, GeometryFiles, ProjectPaths
 from xenium_assets.progress import TqdmProgress
 
 
@@ -50,6 +52,14 @@ def bench_synth(*, n_cells: int, size: int, version: str, out: Path | None) -> d
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _qc_path(folder: Path, sample: str) -> Path:
+    """Where qc_adata would keep ``sample``'s AnnData in a project at ``folder``."""
+
+    path = ProjectPaths(folder).qc_adata(sample).adata
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def resampled_copies(h5: Path, n_samples: int, folder: Path, seed: int, progress) -> dict[str, Path]:
     """``n_samples`` Poisson-resampled copies of one matrix, each QC'd and written as qc_adata writes it."""
     import numpy as np
@@ -65,7 +75,7 @@ def resampled_copies(h5: Path, n_samples: int, folder: Path, seed: int, progress
         copy = raw.copy()
         copy.X.data = rng.poisson(copy.X.data).astype(copy.X.dtype)
         copy.X.eliminate_zeros()
-        paths[f"s{i:02d}"] = folder / f"s{i:02d}.h5ad"
+        paths[f"s{i:02d}"] = _qc_path(folder, f"s{i:02d}")
         run_qc(copy).adata.write_h5ad(paths[f"s{i:02d}"], compression="gzip")
         progress("resampled samples", i + 1, n_samples)
     return paths
@@ -147,7 +157,6 @@ def bench_labels(*, h5: Path, n_samples: int = 32, max_cells: int = 200_000, add
     from xenium_assets.labels.matrix import read_counts
     from xenium_assets.labels.reference import label_sample
     from xenium_assets.labels.store import load_reference, mark_latest, write_labels
-    from xenium_assets.paths import ProjectPaths
 
     progress = TqdmProgress()
     work = Path(tempfile.mkdtemp(prefix="xa-bench-labels-"))
@@ -171,8 +180,8 @@ def bench_labels(*, h5: Path, n_samples: int = 32, max_cells: int = 200_000, add
             first = table if first is None else first
             progress("label samples", i + 1, len(paths))
         labelling_s = time.perf_counter() - t0
-        written = {p: p.stat().st_mtime_ns for p in project.samples_dir.glob("*/cell_labels/*.parquet")}
-        big = _large_sample(h5, add_cells, work / "added.h5ad", 1)
+        written = {p: p.stat().st_mtime_ns for p in project.all_labels("*")}
+        big = _large_sample(h5, add_cells, _qc_path(work, "added"), 1)
         t = time.perf_counter()
         added, _ = label_sample(reference, read_counts("added", big), min_confidence=0.5)
         write_labels(project, added)
@@ -268,9 +277,8 @@ def _extract(bundle: Path, work: Path, workers: int) -> dict:
     tiles on dask."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import pyarrow.parquet as pq
-
     from xenium_assets.bundle.manifest import write_manifest
+    from xenium_assets.bundle.polygons import ProblemKind, read_cell_problems
     from xenium_assets.bundle.validate import inspect_bundle
     from xenium_assets.parallel import dask_client, dask_runner
     from xenium_assets.patches.dapi_store import transcode_dapi
@@ -280,8 +288,7 @@ def _extract(bundle: Path, work: Path, workers: int) -> dict:
 
     spec = PatchSpec()
     manifest = write_manifest(inspect_bundle(bundle), "bench", work / "raw")
-    problems = pq.read_table(manifest.cell_problems).to_pandas()
-    problems = problems[problems["kind"] == "invalid"]
+    problems = read_cell_problems(manifest.cell_problems, ProblemKind.INVALID)
     with dask_client(n_workers=workers) as client, ThreadPoolExecutor(1) as beside:
         # As patch_shards does, and as the floor runs with tifffile and imagecodecs already loaded: the workers load
         # the task code and the compiled mask kernel first, timed on its own.
@@ -389,10 +396,11 @@ def bench_patches(
         halo_direct = time.perf_counter() - t
         small_run = _extract(small, work / "small", workers)
         # Baselines on a sample of cells, projected to all cells.
-        cells = pq.read_table(work / "big" / "geometry" / "cells.parquet").to_pandas()
+        cells = pq.read_table(GeometryFiles(work / "big" / "geometry").cells).to_pandas()
         cells = cells[cells["n_nuclei"] > 0].sample(sample_cells, random_state=0)
-        nuclei = pd.read_parquet(big / "nucleus_boundaries.parquet", columns=["cell_id", "vertex_x", "vertex_y"])
-        bounds = pd.read_parquet(big / "cell_boundaries.parquet", columns=["cell_id", "vertex_x", "vertex_y"])
+        vertices = ["cell_id", "vertex_x", "vertex_y"]
+        nuclei = pd.read_parquet(big / XeniumFile.NUCLEUS_BOUNDARIES_PARQUET, columns=vertices)
+        bounds = pd.read_parquet(big / XeniumFile.CELL_BOUNDARIES_PARQUET, columns=vertices)
         patch_px = grid.PatchSpec().size_px
         seed_per_cell = baselines.seed_patches(image, nuclei, bounds, cells, patch_px, manifest.pixel_size_um)
         del image
@@ -455,7 +463,6 @@ def bench_view(*, n_cells: int, size: int, cache: Path) -> dict:
     from xenium_assets.bundle.manifest import write_manifest
     from xenium_assets.bundle.validate import inspect_bundle
     from xenium_assets.labels.store import mark_latest, write_labels
-    from xenium_assets.paths import ProjectPaths
     from xenium_assets.synth import truth_labels
     from xenium_assets.viewer.data import load_view_data
     from xenium_assets.viewer.display import virtual_display
@@ -463,10 +470,10 @@ def bench_view(*, n_cells: int, size: int, cache: Path) -> dict:
     cache.mkdir(parents=True, exist_ok=True)
     bundle = _bench_bundle(cache, f"bench_{size}px_{n_cells}cells", n_cells, size, seed=21)
     work = Path(tempfile.mkdtemp(prefix="xa-bench-view-", dir=cache))
-    shot_path = cache / "bench_view_first_view.png"  # kept to look at; the sample's working files are not
+    shot_path = cache / BENCH_VIEW_SCREENSHOT  # kept to look at; the sample's working files are not
     try:
         paths = ProjectPaths(work)
-        manifest = write_manifest(inspect_bundle(bundle), "bench", paths.asset_dir("bench", "raw_bundle"))
+        manifest = write_manifest(inspect_bundle(bundle), "bench", paths.raw_bundle("bench").folder)
         truth = truth_labels(bundle, "bench")
         write_labels(paths, truth)
         mark_latest(paths, truth["label_version"].iloc[0])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from xenium_assets.paths import ProjectPaths
+from xenium_assets.layout import DAGSTER_CONFIG, ProjectPaths
 
 
 def _fail(message: str) -> None:
@@ -28,8 +28,8 @@ def project_instance(paths: ProjectPaths):  # -> DagsterInstance (imported lazil
     if "DAGSTER_HOME" not in os.environ:
         home = paths.dagster_home
         home.mkdir(parents=True, exist_ok=True)
-        config = home / "dagster.yaml"
-        project_config = Path.cwd() / "dagster.yaml"
+        config = home / DAGSTER_CONFIG
+        project_config = Path.cwd() / DAGSTER_CONFIG
         if not config.exists() and project_config.exists():
             config.symlink_to(project_config.resolve())
         os.environ["DAGSTER_HOME"] = str(home)
@@ -244,7 +244,7 @@ def reference(
     Shards are never re-cut: training joins the new labels by key. Under `make dev` the automation would also
     relabel the samples once the reference changes; --no-labels leaves that to it.
     """
-    from xenium_assets.defs.operations import rebuild_reference
+    from xenium_assets.runs.reference import rebuild_reference
 
     config = {
         "method": method,
@@ -269,7 +269,7 @@ def reference(
 @click.option("--size", default=2048, show_default=True, help="Image side in pixels.")
 def demo(n_cells: int, size: int) -> None:
     """Generate synthetic demo bundles (once), register them, and materialize every asset."""
-    from xenium_assets.defs.demo import run_demo
+    from xenium_assets.runs.demo import run_demo
 
     paths = ProjectPaths.default()
     instance = project_instance(paths)

@@ -23,7 +23,7 @@ from xenium_assets.defs.sensors import automation_sensor, landing_sensor
 from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.defs.tracking import EXPERIMENT, mlflow_tracking, tracking_uri
 from xenium_assets.defs.trained_model import trained_model
-from xenium_assets.paths import default_data_dir
+from xenium_assets.layout import default_data_dir
 
 PATCH_SHARDS_JOB = patch_shards_job.name
 

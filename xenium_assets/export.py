@@ -6,7 +6,6 @@ labels in the latest label reference, its QC'd expression, and the latest model'
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +17,18 @@ import pyarrow.parquet as pq
 
 from xenium_assets.atomic import PARTIAL, atomic_file
 from xenium_assets.bundle.ids import normalise_ids
-from xenium_assets.bundle.manifest import MANIFEST, Manifest, read_manifest
+from xenium_assets.bundle.manifest import Manifest, read_manifest
+from xenium_assets.bundle.polygons import ProblemKind, read_cell_problems
 from xenium_assets.bundle.tables import read_table
 from xenium_assets.formats import Col
 from xenium_assets.labels.store import latest_version
-from xenium_assets.paths import ProjectPaths
+from xenium_assets.layout import ExplorerFiles, ProjectPaths
 
 CELLS_REGION = "cell_boundaries"
 NOT_LABELLED = "no_label"
 FAILED_QC = "failed_qc"
-QC_ASSET, QC_FILE = "qc_adata", "adata.h5ad"
-EXPLORER_FILES = {
-    "label": "expression_labels.csv",
-    "predicted": "predicted_classes.csv",
-    "correct": "prediction_correct.csv",
-}
+EXPLORER_GROUPINGS = {"label": "expression_labels", "predicted": "predicted_classes", "correct": "prediction_correct"}
+"""Xenium Explorer cell-group files: what each groups cells by -> its file's name."""
 
 
 class ExportError(RuntimeError):
@@ -52,10 +48,11 @@ class SampleResults:
 def latest_predictions(paths: ProjectPaths, sample: str) -> tuple[pd.DataFrame | None, str | None]:
     """The latest model's test-tile predictions of ``sample`` (key, label, predicted, cell_id), and the model's
     folder name; None where there is no model, report or prediction for it."""
-    if not paths.latest_model.exists():
+    latest = paths.read_latest_model()
+    if latest is None:
         return None, None
-    folder = Path(json.loads(paths.latest_model.read_text())["folder"])
-    path = paths.report_dir(folder.name) / "predictions.parquet"
+    folder = Path(latest["folder"])
+    path = paths.report(folder.name).predictions
     if not path.exists():
         return None, None
     table = pd.read_parquet(path, columns=["key", "sample", "label", "predicted"])
@@ -67,10 +64,10 @@ def latest_predictions(paths: ProjectPaths, sample: str) -> tuple[pd.DataFrame |
 
 def sample_results(paths: ProjectPaths, sample: str) -> SampleResults:
     """Every cell of ``sample`` with what the project says about it."""
-    raw = paths.asset_dir(sample, "raw_bundle")
-    if not (raw / MANIFEST).exists():
+    raw = paths.raw_bundle(sample)
+    if not raw.manifest.exists():
         raise ExportError(f"sample {sample!r} has no raw_bundle in {paths.data_dir}: materialize it first")
-    manifest = read_manifest(raw)
+    manifest = read_manifest(raw.manifest)
     ids = pd.Index(pd.unique(normalise_ids(read_table(manifest.path("cells"), [Col.CELL_ID])[Col.CELL_ID])))
     cells = pd.DataFrame(index=ids.rename("cell_id"))
     version = latest_version(paths)
@@ -82,9 +79,12 @@ def sample_results(paths: ProjectPaths, sample: str) -> SampleResults:
         version = None
         cells[["label", "confidence", "excluded_reason"]] = [None, np.nan, ""]
     # Why a cell has no label: the labels' own reason, else what raw_bundle found invalid, else QC, else none known.
-    problems = pq.read_table(manifest.cell_problems).to_pandas()
-    invalid = problems[problems["kind"] == "invalid"].drop_duplicates("cell_id").set_index("cell_id")["reason"]
-    qc_path = paths.asset_dir(sample, QC_ASSET) / QC_FILE
+    try:
+        problems = read_cell_problems(manifest.cell_problems, ProblemKind.INVALID)
+    except ValueError as error:  # written by another version: its reasons are not this version's
+        raise ExportError(f"{error}; re-materialize raw_bundle for {sample!r}") from error
+    invalid = problems.drop_duplicates("cell_id").set_index("cell_id")["reason"]
+    qc_path = paths.qc_adata(sample).adata
     passed_qc = cells.index.isin(ad.read_h5ad(qc_path, backed="r").obs_names) if qc_path.exists() else None
     fallback = pd.Series(NOT_LABELLED, index=cells.index)
     if passed_qc is not None:
@@ -119,7 +119,7 @@ def export_explorer(paths: ProjectPaths, sample: str, out_dir: Path) -> dict[str
     for name, values in groups.items():
         if not len(values):
             continue
-        path = out_dir / EXPLORER_FILES[name]
+        path = ExplorerFiles(out_dir).groups(EXPLORER_GROUPINGS[name])
         with atomic_file(path) as tmp:
             pd.DataFrame({"cell_id": values.index, "group": values.astype(str).to_numpy()}).to_csv(tmp, index=False)
         written[name] = path
@@ -191,7 +191,7 @@ def _table(paths: ProjectPaths, sample: str, cells: pd.DataFrame, shaped: pd.Ind
     from scipy import sparse
     from spatialdata.models import TableModel
 
-    qc_path = paths.asset_dir(sample, QC_ASSET) / QC_FILE
+    qc_path = paths.qc_adata(sample).adata
     obs = cells.reindex(shaped).reset_index().rename(columns={"index": "cell_id"})
     obs["cell_id"] = obs["cell_id"].astype(str)
     if qc_path.exists():

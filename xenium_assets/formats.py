@@ -36,6 +36,9 @@ class XeniumFile(StrEnum):
 
 
 MTX_FILES = ("barcodes.tsv.gz", "features.tsv.gz", "matrix.mtx.gz")
+# Inside analysis/: analysis/clustering/<method>/clusters.csv and analysis/pca/<method>/projection.csv.
+CLUSTERS_CSV = "clusters.csv"
+PROJECTION_CSV = "projection.csv"
 
 # v2/v3: morphology_focus/morphology_focus_0000.ome.tif ...; v4: morphology_focus/ch0000_dapi.ome.tif ...
 FOCUS_V2_NAME = "morphology_focus_{:04d}.ome.tif"

@@ -22,8 +22,8 @@ from pathlib import Path
 from xenium_assets.atomic import write_json
 from xenium_assets.formats import XeniumFile
 from xenium_assets.landing import folder_fingerprint
+from xenium_assets.layout import SAMPLE_ENTRY
 
-SAMPLE_FILE = "sample.json"
 _INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -77,10 +77,10 @@ class SampleRegistry:
         self.samples_dir = Path(samples_dir)
 
     def entries(self) -> list[SampleEntry]:
-        return [self._load(p) for p in sorted(self.samples_dir.glob(f"*/{SAMPLE_FILE}"))]
+        return [self._load(p) for p in sorted(self.samples_dir.glob(f"*/{SAMPLE_ENTRY}"))]
 
     def get(self, key: str) -> SampleEntry:
-        path = self.samples_dir / key / SAMPLE_FILE
+        path = self.samples_dir / key / SAMPLE_ENTRY
         if not path.exists():
             raise KeyError(f"sample {key!r} is not registered: run `xenium-assets add BUNDLE_DIR --sample {key}`")
         return self._load(path)
@@ -111,7 +111,7 @@ class SampleRegistry:
     def derive_key(self, bundle_dir: Path, preferred: str) -> str:
         """``preferred`` sanitised; if another bundle holds it, suffixed with a hash of this bundle's path."""
         key = sanitize_key(preferred)
-        path = self.samples_dir / key / SAMPLE_FILE
+        path = self.samples_dir / key / SAMPLE_ENTRY
         if path.exists() and self._load(path).bundle_dir != str(bundle_dir):
             key = f"{key}-{hashlib.sha1(str(bundle_dir).encode()).hexdigest()[:6]}"
         return key
@@ -144,7 +144,7 @@ class SampleRegistry:
             clean = sanitize_key(key)
             if clean != key:
                 raise ValueError(f"sample key {key!r} is not a valid partition key; use {clean!r}")
-            path = self.samples_dir / key / SAMPLE_FILE
+            path = self.samples_dir / key / SAMPLE_ENTRY
             if path.exists():
                 raise ValueError(
                     f"sample {key!r} is already registered for {self._load(path).bundle_dir}; choose another --sample"
@@ -159,7 +159,7 @@ class SampleRegistry:
             added_at=datetime.now(UTC).isoformat(timespec="seconds"),
             identity=identity,
         )
-        write_json(self.samples_dir / key / SAMPLE_FILE, asdict(entry))
+        write_json(self.samples_dir / key / SAMPLE_ENTRY, asdict(entry))
         return entry, True
 
     @staticmethod

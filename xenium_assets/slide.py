@@ -25,9 +25,10 @@ import zarr
 from xenium_assets.bundle.ids import normalise_ids
 from xenium_assets.bundle.image import series_of
 from xenium_assets.bundle.manifest import Manifest
+from xenium_assets.bundle.polygons import iter_polygons, usable_polygons
 from xenium_assets.bundle.tables import read_table
 from xenium_assets.formats import Col
-from xenium_assets.patches.geometry import gather, iter_polygons, polygons_from_offsets, usable_polygons
+from xenium_assets.patches.geometry import gather, polygons_from_offsets
 from xenium_assets.raster import PolygonRaster, Window, read_window
 
 # Below this zoom, cells are a few pixels wide: burn every pixel a polygon touches so none vanish.

@@ -75,6 +75,21 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield data
 
 
+@pytest.fixture(scope="session")
+def extracted(bundles: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory):
+    """The v3 session bundle through the patch pipeline, every tile extracted: (bundle, root, manifest, store,
+    tasks, results). Session-scoped: test_dapi_store, test_extract and test_shards share it (read-only)."""
+    from xenium_assets.patches.extract import extract_tile
+    from xenium_assets_tests.patch_pipeline import make_tasks, prepare
+
+    bundle = bundles("3")
+    root = tmp_path_factory.mktemp("patches")
+    manifest, store = prepare(bundle, root, "s")
+    tasks = make_tasks(manifest, store, root, root / "shards")
+    results = [extract_tile(t) for t in tasks]
+    return bundle, root, manifest, store, tasks, results
+
+
 def build_shards(bundle: Path, root: Path, sample: str) -> Path:
     """raw manifest -> DAPI store -> tile geometry -> shards of every tile; returns the shards folder."""
     import pyarrow.parquet as pq

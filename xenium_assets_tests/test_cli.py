@@ -126,8 +126,8 @@ def test_demo_end_to_end(project):
         + ["build_label_reference", "train_and_evaluate"]
     )  # named jobs, so the Runs page says what ran
     assert sorted(instance.get_dynamic_partitions(SAMPLES)) == ["demo_a", "demo_b"]
-    from xenium_assets.defs.demo import register_demo_bundles
-    from xenium_assets.paths import ProjectPaths
+    from xenium_assets.layout import ProjectPaths
+    from xenium_assets.runs.demo import register_demo_bundles
 
     said: list[str] = []
     register_demo_bundles(ProjectPaths(project), instance, n_cells=250, size=1024, echo=said.append)

@@ -275,15 +275,41 @@ def test_patch_shards_for_all_tiles_of_a_sample_in_one_run(project, bundles):
     assert check.check_name == "shards_match_index" and check.passed, check.metadata
     done = instance.get_materialized_partitions(AssetKey("patch_shards"))
     assert done == {f"s1|{t}" for t in TILE_KEYS}
-    meta = _meta(instance, "patch_shards")
-    assert meta["n_patches"].value > 0.95 * 600 and meta["n_patches"].value + meta["n_skipped"].value == 600
-    assert "no_nucleus" in meta["skipped_by_reason"].value and "label" not in meta["skipped_by_reason"].value
-    assert meta["gallery"].value.startswith("![patches per tile](data:image/png;base64,")
-    assert meta["path"].value == str(project / "samples" / "s1" / "patch_shards")
     assert len(list((project / "samples" / "s1" / "patch_shards").glob("*/index.parquet"))) == 64
+    _each_tile_shows_its_own_numbers(instance, project)
     assert patch_shards.backfill_policy is not None
     instance.dispose()
     _check_finds_a_broken_shard(project)
+
+
+def _each_tile_shows_its_own_numbers(instance, project) -> None:
+    """Every tile partition carries its own tile's numbers; the sample's totals and gallery are on one partition."""
+    import pyarrow.parquet as pq
+    from dagster import AssetRecordsFilter
+
+    from xenium_assets.patches.grid import TILE_KEYS
+
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey("patch_shards")), limit=1000)
+    meta = {r.partition_key: r.asset_materialization.metadata for r in records.records}
+    assert len(meta) == 64
+    folder = project / "samples" / "s1" / "patch_shards"
+    for tile in TILE_KEYS:
+        tile_meta = meta[f"s1|{tile}"]
+        assert tile_meta["path"].value == str(folder / tile)
+        assert tile_meta["n_patches"].value == pq.read_metadata(folder / tile / "index.parquet").num_rows
+    per_tile = [m["n_patches"].value for m in meta.values()]
+    assert len(set(per_tile)) > 1  # not one number repeated over the sample's tiles
+    totals = [m for m in meta.values() if "sample_n_patches" in m]
+    assert len(totals) == 1 and "sample_gallery" in totals[0] and sum("sample_gallery" in m for m in meta.values()) == 1
+    sample = totals[0]
+    assert sample["sample_n_patches"].value == sum(per_tile) and sample["sample_n_tiles"].value == 64
+    assert sample["sample_n_patches"].value > 0.95 * 600
+    assert sample["sample_n_patches"].value + sample["sample_n_skipped"].value == 600
+    assert sum(m["n_skipped"].value for m in meta.values()) == sample["sample_n_skipped"].value
+    assert "no_nucleus" in sample["sample_skipped_by_reason"].value
+    assert "label" not in sample["sample_skipped_by_reason"].value
+    assert sample["sample_gallery"].value.startswith("![patches per tile](data:image/png;base64,")
+    assert sample["sample_path"].value == str(folder)
 
 
 def _check_finds_a_broken_shard(project) -> None:

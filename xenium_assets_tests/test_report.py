@@ -19,7 +19,7 @@ def _report() -> tuple[Report, bytes]:
     rep = Report("Does DAPI <predict> class?")
     rep.add("Answer", "- Signal? **yes**: p = 0.001\n- More than morphology? **no**")
     rep.add("Metrics", "| model | macro-F1 |\n|---|---|\n| CNN (DAPI) | 0.512 |\n| majority | 0.100 |")
-    rep.add("Figures", rep.image("confusion.png", png, "confusion matrix") + "\n\n![elsewhere](missing.png)")
+    rep.add("Figures", rep.image("confusion", png, "confusion matrix") + "\n\n![elsewhere](missing.png)")
     rep.add("Escaping", "a < b & c > d, and <script>alert(1)</script> stays text")
     return rep, png
 

@@ -21,7 +21,7 @@ from xenium_assets.bundle.manifest import write_manifest
 from xenium_assets.bundle.validate import inspect_bundle
 from xenium_assets.labels.overview import EXCLUDED, NOT_LABELLED, legend_entries, overview, overview_png
 from xenium_assets.labels.store import mark_latest, write_labels
-from xenium_assets.paths import ProjectPaths
+from xenium_assets.layout import ProjectPaths
 from xenium_assets.plots import scale_bar_length
 from xenium_assets.raster import Window
 from xenium_assets.slide import LabelLevel
@@ -277,6 +277,46 @@ def test_class_widget_shows_patches_and_jumps_to_the_clicked_cell(viewer):
     assert v.scene.camera.zoom == app.JUMP_ZOOM and v.layers[app.SELECTED].visible
 
 
+def _swatch(picture: np.ndarray, colour) -> int:
+    """Pixels of ``picture`` showing ``colour`` (RGBA in 0..1) unblended."""
+    rgb = np.round(np.asarray(colour[:3]) * 255)
+    return int((np.abs(picture[..., :3].astype(int) - rgb).max(axis=-1) <= 1).sum())
+
+
+def test_screenshot_carries_a_legend_of_every_colour_shown(viewer, tmp_path):
+    from PIL import Image
+
+    from xenium_assets.labels.overview import NOT_LABELLED_COLOUR
+    from xenium_assets.viewer import app
+
+    v, data, genes = viewer
+    shot = app.save_screenshot(v, tmp_path / "shot.png")
+    canvas = v.screenshot(canvas_only=True, flash=False)[..., :3]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "shot.png").convert("RGB")), shot)
+    # The canvas unchanged at the left (with napari's scale bar), the legend to its right.
+    assert shot.shape[1] > canvas.shape[1] + 100 and shot.shape[0] >= canvas.shape[0]
+    assert np.abs(shot[: canvas.shape[0], : canvas.shape[1]].astype(int) - canvas).mean() < 1
+    legend = shot[:, canvas.shape[1] :]
+    unlabelled = int((data.label_values()[1 : len(data.geometry.ids) + 1] == 0).sum())
+    shown = [data.palette[name] for name in data.classes]
+    shown += [app.OUTLINE_COLORS[app.NUCLEI], app.OUTLINE_COLORS[app.CELLS]]
+    spots = v.layers[app.TRANSCRIPTS]
+    shown += [spots.face_color[np.flatnonzero(spots.features["gene"] == gene)[0]] for gene in genes]
+    shown += [NOT_LABELLED_COLOUR] if unlabelled else []
+    assert all(_swatch(legend, colour) >= 64 for colour in shown)
+    groups = {
+        title.split(" (")[0]: [text.split(" (")[0] for text, _ in entries] for title, entries in app.legend_groups(v)
+    }
+    assert groups[app.LABEL] == data.classes + ([app.NOT_LABELLED] if unlabelled else [])
+    # Hidden layers add nothing; shown, their colours join the legend.
+    assert app.CORRECT not in groups and _swatch(legend, app.CORRECT_COLORS[2]) == 0
+    v.layers[app.CORRECT].visible = True
+    legend = app.save_screenshot(v, tmp_path / "shot.png")[:, canvas.shape[1] :]
+    assert all(_swatch(legend, colour) >= 64 for colour in app.CORRECT_COLORS.values())
+    titles = [title.split(" (")[0] for title, _ in app.legend_groups(v)]
+    assert titles == [app.SEGMENTATION, app.LABEL, app.CORRECT, app.TRANSCRIPTS]
+
+
 def test_view_command_saves_a_screenshot_and_exits(screen, viewed, tmp_path):
     from PIL import Image
 
@@ -293,6 +333,9 @@ def test_view_command_saves_a_screenshot_and_exits(screen, viewed, tmp_path):
     # The slide is drawn, not a black canvas: grey DAPI and coloured cells.
     assert shot.std() > 10
     assert (shot.std(axis=2) > 30).mean() > 0.01
+    # With a legend of each class's colour.
+    data = load_view_data(viewed, SAMPLE)
+    assert all(_swatch(shot, data.palette[name]) >= 64 for name in data.classes)
 
 
 def test_view_command_refuses_clearly(viewed, tmp_path):

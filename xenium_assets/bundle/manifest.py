@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 
 from xenium_assets.atomic import atomic_file, write_json
 from xenium_assets.bundle.validate import BundleReport
+from xenium_assets.layout import RawBundleFiles
 
-MANIFEST = "manifest.json"
-CELL_PROBLEMS = "cell_problems.parquet"
 SCHEMA_VERSION = 1
 
 
@@ -110,12 +109,12 @@ class Manifest:
 
 def write_manifest(report: BundleReport, sample: str, out_dir: str | Path) -> Manifest:
     """Write cell_problems.parquet then manifest.json (each atomically; the manifest last)."""
-    out_dir = Path(out_dir)
-    problems_path = out_dir / CELL_PROBLEMS
+    files = RawBundleFiles(Path(out_dir))
+    problems_path = files.cell_problems
     with atomic_file(problems_path) as tmp:
         pq.write_table(report.cell_problems, tmp)
     manifest = Manifest.from_report(report, sample, problems_path)
-    write_json(out_dir / MANIFEST, asdict(manifest))
+    write_json(files.manifest, asdict(manifest))
     return manifest
 
 
@@ -123,7 +122,7 @@ def read_manifest(path: str | Path) -> Manifest:
     """Load a manifest written by :func:`write_manifest` (``path`` may be the file or its folder)."""
     path = Path(path)
     if path.is_dir():
-        path = path / MANIFEST
+        path = RawBundleFiles(path).manifest
     data = json.loads(path.read_text())
     data["dapi"] = DapiRef(**data["dapi"])
     return Manifest(**data)

@@ -16,35 +16,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import shapely
 
 from xenium_assets.bundle.errors import BundleError
 from xenium_assets.bundle.ids import normalise_ids
 from xenium_assets.bundle.image import DapiImage, find_dapi
 from xenium_assets.bundle.locate import BundleFiles, XoaVersion, locate_files, parse_version, read_experiment
+from xenium_assets.bundle.polygons import Boundary, CellProblem, Polygons, ProblemKind, find_faults, group_polygons
 from xenium_assets.bundle.tables import read_matrix_index, read_table, unreadable
 from xenium_assets.fingerprint import stat_fingerprint
 from xenium_assets.formats import CONTROL_FEATURE_TYPES, Col, FeatureType
 from xenium_assets.progress import Progress, no_progress
 
-# Reasons a cell cannot be used downstream, and facts worth knowing that do not disqualify it.
-INVALID_REASONS = (
-    "duplicate_cell_id",
-    "not_in_matrix",
-    "no_cell_boundary",
-    "cell_polygon_rows_not_contiguous",
-    "cell_polygon_open",
-    "cell_polygon_degenerate",
-    "cell_polygon_nan_vertex",
-    "cell_polygon_self_intersecting",
-    "nucleus_polygon_rows_not_contiguous",
-    "nucleus_polygon_open",
-    "nucleus_polygon_degenerate",
-    "nucleus_polygon_nan_vertex",
-    "nucleus_polygon_self_intersecting",
-    "centroid_off_image",
-)
-FLAG_REASONS = ("no_nucleus", "multinucleate", "partly_off_image")
+# Reasons a cell cannot be used downstream, and facts worth knowing that do not disqualify it (bundle/polygons.py).
+INVALID_REASONS = tuple(p for p in CellProblem if p.kind is ProblemKind.INVALID)
+FLAG_REASONS = tuple(p for p in CellProblem if p.kind is ProblemKind.FLAG)
 PIXEL_SIZE_TOLERANCE = 1e-3
 MIN_SHARED_IDS = 0.5
 
@@ -78,69 +63,6 @@ class BundleReport:
     @property
     def n_controls(self) -> int:
         return sum(v for k, v in self.feature_types.items() if k in CONTROL_FEATURE_TYPES)
-
-
-@dataclass
-class _Polygons:
-    """Per-polygon results of the polygon checks."""
-
-    owner: np.ndarray  # normalised cell id per polygon
-    bad: dict[str, np.ndarray]  # reason -> boolean per polygon
-    bbox: np.ndarray  # (P, 4) min x, min y, max x, max y in µm
-
-
-def check_polygons(table: pa.Table, path: Path) -> _Polygons:
-    """Group vertex rows into polygons (by label_id where present) and test each polygon, vectorised."""
-    n = table.num_rows
-    if n == 0:
-        raise BundleError(path, "has no polygons", "re-copy the file from the instrument output")
-    ids = normalise_ids(table[Col.CELL_ID])
-    x = table[Col.VERTEX_X].to_numpy().astype(np.float64)
-    y = table[Col.VERTEX_Y].to_numpy().astype(np.float64)
-    key = table[Col.LABEL_ID].to_numpy() if Col.LABEL_ID in table.column_names else pd.factorize(ids)[0]
-    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-    ends = np.append(starts[1:], n)
-    rows = ends - starts
-    group = np.repeat(np.arange(len(starts)), rows)
-    first_keys = key[starts]
-    repeated_key = pd.Series(first_keys).duplicated(keep=False).to_numpy()
-    nan = np.add.reduceat((np.isnan(x) | np.isnan(y)).astype(np.int64), starts) > 0
-    closed = (x[starts] == x[ends - 1]) & (y[starts] == y[ends - 1])
-    order = np.lexsort((y, x, group))
-    go, xo, yo = group[order], x[order], y[order]
-    dup = (go[1:] == go[:-1]) & (xo[1:] == xo[:-1]) & (yo[1:] == yo[:-1])
-    distinct = rows - np.bincount(go[1:][dup], minlength=len(starts))
-    degenerate = distinct < 3
-    well_formed = ~(nan | degenerate | ~closed | repeated_key)
-    self_intersecting = np.zeros(len(starts), dtype=bool)
-    if well_formed.any():
-        keep_rows = np.repeat(well_formed, rows)
-        coords = np.column_stack([x[keep_rows], y[keep_rows]])
-        ring_offsets = np.concatenate([[0], np.cumsum(rows[well_formed])])
-        polys = shapely.from_ragged_array(
-            shapely.GeometryType.POLYGON, coords, offsets=(ring_offsets, np.arange(well_formed.sum() + 1))
-        )
-        self_intersecting[well_formed] = ~shapely.is_valid(polys)
-    with np.errstate(invalid="ignore"):
-        bbox = np.column_stack(
-            [
-                np.fmin.reduceat(x, starts),
-                np.fmin.reduceat(y, starts),
-                np.fmax.reduceat(x, starts),
-                np.fmax.reduceat(y, starts),
-            ]
-        )
-    return _Polygons(
-        owner=ids[starts],
-        bad={
-            "rows_not_contiguous": repeated_key,
-            "open": ~closed & ~nan,
-            "degenerate": degenerate & ~nan,
-            "nan_vertex": nan,
-            "self_intersecting": self_intersecting,
-        },
-        bbox=bbox,
-    )
 
 
 def _resolve_pixel_size(
@@ -243,9 +165,9 @@ def inspect_bundle(
     id_kind = "integer" if pa.types.is_integer(id_type) else "binary" if pa.types.is_binary(id_type) else "string"
     ids = normalise_ids(cells[Col.CELL_ID])
     n = len(ids)
-    reasons: dict[str, np.ndarray] = {}
+    reasons: dict[CellProblem, np.ndarray] = {}
     dup = pd.Series(ids).duplicated().to_numpy()
-    reasons["duplicate_cell_id"] = dup
+    reasons[CellProblem.DUPLICATE_CELL_ID] = dup
     index = pd.Index(ids[~dup]) if dup.any() else pd.Index(ids)
     row_of_unique = np.flatnonzero(~dup)
 
@@ -271,32 +193,35 @@ def inspect_bundle(
     in_matrix = np.zeros(n, dtype=bool)
     pos = shared_or_fail(matrix.barcodes, files.matrix, "matrix barcodes")
     in_matrix[pos[pos >= 0]] = True
-    reasons["not_in_matrix"] = ~in_matrix
+    reasons[CellProblem.NOT_IN_MATRIX] = ~in_matrix
     if (pos < 0).any():
         problems.append(f"{int((pos < 0).sum())} matrix barcodes are not in {files.cells.name}")
     feature_types = dict(Counter(matrix.feature_types.tolist()))
     progress("validate bundle", 3, steps)
 
-    def polygons_per_cell(path: Path, kind: str) -> tuple[_Polygons, np.ndarray]:
-        """Check one boundary file; per-cell reasons '<kind>_polygon_*'; returns the polygons and their cell rows."""
-        polys = check_polygons(read_table(path, [Col.CELL_ID, Col.VERTEX_X, Col.VERTEX_Y], (Col.LABEL_ID,)), path)
-        pos = shared_or_fail(polys.owner, path, f"{kind} polygons")
+    def polygons_per_cell(path: Path, boundary: Boundary) -> tuple[Polygons, np.ndarray]:
+        """Check one boundary file (a cell problem per polygon fault); returns the polygons and their cell rows."""
+        table = read_table(path, [Col.CELL_ID, Col.VERTEX_X, Col.VERTEX_Y], (Col.LABEL_ID,))
+        if table.num_rows == 0:
+            raise BundleError(path, "has no polygons", "re-copy the file from the instrument output")
+        polys = group_polygons(table)
+        pos = shared_or_fail(polys.ids, path, f"{boundary} polygons")
         if (pos < 0).any():
             problems.append(f"{int((pos < 0).sum())} polygons in {path.name} belong to no cell")
-        for reason, bad in polys.bad.items():
+        for fault, bad in find_faults(polys).items():
             mask = np.zeros(n, dtype=bool)
             mask[pos[(pos >= 0) & bad]] = True
-            reasons[f"{kind}_polygon_{reason}"] = mask
+            reasons[CellProblem.polygon(boundary, fault)] = mask
         return polys, pos
 
     cell_polys, pos = polygons_per_cell(files.cell_boundaries, "cell")
     known = pos >= 0
-    reasons["no_cell_boundary"] = np.bincount(pos[known], minlength=n) == 0
+    reasons[CellProblem.NO_CELL_BOUNDARY] = np.bincount(pos[known], minlength=n) == 0
     progress("validate bundle", 4, steps)
     nuc_polys, npos = polygons_per_cell(files.nucleus_boundaries, "nucleus")
     nuclei_per_cell = np.bincount(npos[npos >= 0], minlength=n)
-    reasons["no_nucleus"] = nuclei_per_cell == 0
-    reasons["multinucleate"] = nuclei_per_cell > 1
+    reasons[CellProblem.NO_NUCLEUS] = nuclei_per_cell == 0
+    reasons[CellProblem.MULTINUCLEATE] = nuclei_per_cell > 1
     progress("validate bundle", 5, steps)
 
     height, width = dapi.shape
@@ -313,8 +238,8 @@ def inspect_bundle(
             f"cells span x {np.nanmin(col) * pixel_size + ox:.1f}-{np.nanmax(col) * pixel_size + ox:.1f} µm)",
             "set pixel_size_um and image_origin_um for this sample",
         )
-    reasons["centroid_off_image"] = ~on_image
-    bb = cell_polys.bbox[known]
+    reasons[CellProblem.CENTROID_OFF_IMAGE] = ~on_image
+    bb = cell_polys.bounds()[known]
     tol = pixel_size / 2  # vertices are float32: a polygon clipped at the image edge may overshoot it by rounding
     outside = (
         (bb[:, 0] < ox - tol)
@@ -324,14 +249,14 @@ def inspect_bundle(
     )
     partly = np.zeros(n, dtype=bool)
     partly[pos[known][outside]] = True
-    reasons["partly_off_image"] = partly & on_image
+    reasons[CellProblem.PARTLY_OFF_IMAGE] = partly & on_image
 
     rows, reason_col, kind_col = [], [], []
     for reason, mask in reasons.items():
         hit = np.flatnonzero(mask)
         rows.append(hit)
-        reason_col.append(np.full(len(hit), reason, dtype=object))
-        kind_col.append(np.full(len(hit), "flag" if reason in FLAG_REASONS else "invalid", dtype=object))
+        reason_col.append(np.full(len(hit), reason.value, dtype=object))
+        kind_col.append(np.full(len(hit), reason.kind.value, dtype=object))
     hits = np.concatenate(rows)
     cell_problems = pa.table(
         {
@@ -340,9 +265,9 @@ def inspect_bundle(
             "kind": pa.array(np.concatenate(kind_col).tolist(), pa.string()),
         }
     )
-    invalid = {r: int(reasons[r].sum()) for r in INVALID_REASONS if reasons[r].any()}
+    invalid = {r.value: int(reasons[r].sum()) for r in INVALID_REASONS if reasons[r].any()}
     any_invalid = np.logical_or.reduce([reasons[r] for r in INVALID_REASONS])
-    flags = {r: int(reasons[r].sum()) for r in FLAG_REASONS if reasons[r].any()}
+    flags = {r.value: int(reasons[r].sum()) for r in FLAG_REASONS if reasons[r].any()}
     if invalid:
         problems.append("invalid cells: " + ", ".join(f"{v} {k}" for k, v in invalid.items()))
     progress("validate bundle", steps, steps)
@@ -357,7 +282,7 @@ def inspect_bundle(
         n_cells=n,
         n_valid_cells=int(n - any_invalid.sum()),
         id_kind=id_kind,
-        n_nucleus_polygons=len(nuc_polys.owner),
+        n_nucleus_polygons=len(nuc_polys),
         feature_types=feature_types,
         invalid=invalid,
         flags=flags,

@@ -18,7 +18,7 @@ from xenium_assets.defs.automation import settled_eager
 from xenium_assets.defs.label_reference import label_reference
 from xenium_assets.defs.metadata import bullet_list, counts_table, image
 from xenium_assets.defs.partitions import sample_partitions
-from xenium_assets.defs.qc_adata import ADATA, qc_adata, read_qc_summary
+from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.resources import ProjectResource
 
 
@@ -50,7 +50,7 @@ def cell_labels(context: AssetExecutionContext, config: LabelConfig, project: Pr
 
     sample = context.partition_key
     paths = project.paths
-    adata = paths.asset_dir(sample, "qc_adata") / ADATA
+    adata = paths.qc_adata(sample).adata
     if not adata.exists():
         raise Failure(f"sample {sample!r} has no qc_adata: materialize it first", allow_retries=False)
     try:
@@ -67,7 +67,7 @@ def cell_labels(context: AssetExecutionContext, config: LabelConfig, project: Pr
     with atomic_file(paths.sample_overview(sample)) as tmp:
         tmp.write_bytes(png)
     usable = table[table["excluded_reason"] == ""]
-    fingerprint = read_qc_summary(paths.asset_dir(sample, "qc_adata"))["fingerprint"]
+    fingerprint = paths.qc_adata(sample).read_summary()["fingerprint"]
     identity = json.dumps([reference.version, fingerprint, config.min_confidence])
     return MaterializeResult(
         metadata={

@@ -1,15 +1,13 @@
 """Asset checks that guard the chain: QC pass rate, usable reference classes, shards agreeing with their index."""
 
-import json
-
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
 
 from xenium_assets.defs.label_reference import label_reference
 from xenium_assets.defs.partitions import sample_partitions
 from xenium_assets.defs.patch_shards import patch_shards
-from xenium_assets.defs.qc_adata import SUMMARY, qc_adata
+from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.labels.table import UNASSIGNED
-from xenium_assets.patches.shards import INDEX, verify_tile
+from xenium_assets.patches.shards import verify_tile
 
 QC_PASS_FLOOR = 0.5
 
@@ -21,9 +19,7 @@ QC_PASS_FLOOR = 0.5
     description=f"At least {QC_PASS_FLOOR:.0%} of the sample's cells pass QC.",
 )
 def qc_pass_fraction(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    summary = json.loads(
-        (context.resources.project.paths.asset_dir(context.partition_key, "qc_adata") / SUMMARY).read_text()
-    )
+    summary = context.resources.project.paths.qc_adata(context.partition_key).read_summary()
     fraction = summary["n_cells_out"] / max(summary["n_cells_in"], 1)
     return AssetCheckResult(
         passed=fraction >= QC_PASS_FLOOR,
@@ -62,9 +58,8 @@ def label_classes_above_minimum(context: AssetCheckExecutionContext) -> AssetChe
     description="Every tile's shards open as tar files and hold exactly the samples its index lists.",
 )
 def shards_match_index(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    samples_dir = context.resources.project.paths.samples_dir
     problems, tiles, listed = [], 0, 0
-    for index_path in sorted(samples_dir.glob(f"*/patch_shards/*/{INDEX}")):
+    for index_path in context.resources.project.paths.all_shard_indexes():
         tiles += 1
         n, tile_problems = verify_tile(index_path.parent)
         listed += n

@@ -10,7 +10,7 @@ from xenium_assets.defs.partitions import sample_partitions
 from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.parallel import dask_runner
-from xenium_assets.patches.dapi_store import CHUNK, STORE, transcode_dapi
+from xenium_assets.patches.dapi_store import CHUNK, transcode_dapi
 from xenium_assets.progress import LogProgress
 
 
@@ -28,15 +28,17 @@ def dapi_zarr(
 ) -> MaterializeResult:
     sample = context.partition_key
     manifest = project.manifest(sample)
-    out = project.paths.asset_dir(sample, "dapi_zarr")
+    files = project.paths.dapi_zarr(sample)
     start = time.perf_counter()
     with dask.client() as client:
-        store = transcode_dapi(manifest, out, patches.pixel_size_um, dask_runner(client, LogProgress(context.log.info)))
+        store = transcode_dapi(
+            manifest, files.folder, patches.pixel_size_um, dask_runner(client, LogProgress(context.log.info))
+        )
     seconds = time.perf_counter() - start
     height, width = store.shape
     return MaterializeResult(
         metadata={
-            "path": MetadataValue.path(str(out / STORE)),
+            "path": MetadataValue.path(str(files.store)),
             "image_size": f"{width} x {height} px",
             "pixel_size_um": store.pixel_size_um,
             "source_pixel_size_um": store.source_pixel_size_um,

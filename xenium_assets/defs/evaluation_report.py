@@ -1,7 +1,6 @@
 """``evaluation_report``: the honest answer (spatially calibrated) on the test split and on held-out samples, and
 the check that the model beats chance."""
 
-import json
 from pathlib import Path
 
 from dagster import (
@@ -20,6 +19,7 @@ from xenium_assets.defs.metadata import frame_table, image
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.defs.tracking import end_mlflow_on_run_finished
 from xenium_assets.defs.trained_model import sample_shard_dirs, trained_model
+from xenium_assets.layout import ModelFiles
 from xenium_assets.training.spatial_stats import N_BOOTSTRAP, N_NULL
 
 
@@ -40,10 +40,10 @@ class ReportConfig(Config):
 
 
 def _latest(project: ProjectResource) -> dict:
-    path = project.paths.latest_model
-    if not path.exists():
+    latest = project.paths.read_latest_model()
+    if latest is None:
         raise Failure("no trained model: materialize trained_model first", allow_retries=False)
-    return json.loads(path.read_text())
+    return latest
 
 
 @asset(
@@ -70,8 +70,9 @@ def evaluation_report(context: AssetExecutionContext, config: ReportConfig) -> M
     project = context.resources.project
     latest = _latest(project)
     model_dir = Path(latest["folder"])
-    out = project.paths.report_dir(model_dir.name)
-    card = json.loads((model_dir / "model.json").read_text())
+    report_files = project.paths.report(model_dir.name)
+    out = report_files.folder
+    card = ModelFiles(model_dir).read_card()
     if "label_version" not in card or "n_buffer_cells" not in card:
         raise Failure(
             f"{model_dir} was trained before buffered splits and label references: materialize trained_model again",
@@ -116,7 +117,7 @@ def evaluation_report(context: AssetExecutionContext, config: ReportConfig) -> M
         metadata={
             **{k: (bool(v) if isinstance(v, bool) else v) for k, v in headline.items()},
             "path": MetadataValue.path(str(out)),
-            "report_html": MetadataValue.path(str(out / "report.html")),
+            "report_html": MetadataValue.path(str(report_files.html)),
             "model": MetadataValue.path(str(model_dir)),
             "confusion_matrix": image(confusion_figure(ev), "confusion matrix"),
             "signal_test": image(null_figure(ev), "the CNN against its spatial null"),
@@ -138,8 +139,7 @@ def evaluation_report(context: AssetExecutionContext, config: ReportConfig) -> M
 )
 def beats_chance(context) -> AssetCheckResult:
     latest = _latest(context.resources.project)
-    folder = context.resources.project.paths.report_dir(Path(latest["folder"]).name)
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = context.resources.project.paths.report(Path(latest["folder"]).name).read_metrics()
     return AssetCheckResult(
         passed=bool(metrics["signal_detected"]),
         severity=AssetCheckSeverity.ERROR,

@@ -16,7 +16,7 @@ from dagster import (
 from xenium_assets.defs.automation import built_when_missing
 from xenium_assets.defs.metadata import bullet_list, frame_table, image
 from xenium_assets.defs.partitions import SAMPLES
-from xenium_assets.defs.qc_adata import ADATA, qc_adata, read_qc_summary
+from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.labels.options import Method, MethodOptions, ReferenceParams
 from xenium_assets.labels.table import UNASSIGNED
@@ -58,7 +58,7 @@ class ReferenceConfig(Config):
 def _chosen(context: AssetExecutionContext, config: ReferenceConfig, project: ProjectResource) -> list[str]:
     """The samples to build from: the configured ones (each must have a qc_adata) or every one that has it."""
     registered = context.instance.get_dynamic_partitions(SAMPLES)
-    has_qc = [k for k in registered if (project.paths.asset_dir(k, "qc_adata") / ADATA).exists()]
+    has_qc = [k for k in registered if project.paths.qc_adata(k).adata.exists()]
     if config.samples is None:
         if not has_qc:
             raise Failure("no sample has a qc_adata: materialize qc_adata first", allow_retries=False)
@@ -133,7 +133,7 @@ def label_reference(
     from xenium_assets.labels.table import LabelError, label_version
 
     samples = _chosen(context, config, project)
-    paths = {k: project.paths.asset_dir(k, "qc_adata") / ADATA for k in samples}
+    paths = {k: project.paths.qc_adata(k).adata for k in samples}
     options = MethodOptions(
         method=config.method,
         resolution=config.resolution,
@@ -148,7 +148,7 @@ def label_reference(
     params = ReferenceParams(
         max_cells=config.max_cells, integrate=config.integrate, min_class_cells=config.min_class_cells, seed=config.seed
     )
-    fingerprints = {k: read_qc_summary(project.paths.asset_dir(k, "qc_adata"))["fingerprint"] for k in samples}
+    fingerprints = {k: project.paths.qc_adata(k).read_summary()["fingerprint"] for k in samples}
     version = label_version(
         config.method,
         {**options.params(), **asdict(params)},

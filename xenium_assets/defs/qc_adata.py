@@ -26,9 +26,6 @@ from xenium_assets.defs.resources import ProjectResource
 if TYPE_CHECKING:
     import anndata as ad
 
-ADATA = "adata.h5ad"
-SUMMARY = "qc.json"
-
 
 class QcConfig(Config):
     """QC thresholds (cells failing any are removed and counted by reason) and the matrix source."""
@@ -41,10 +38,6 @@ class QcConfig(Config):
     min_cells_per_gene: int = 5
     min_qv: float | None = None
     """Rebuild counts from transcripts.parquet at this quality threshold instead of the instrument's Q20."""
-
-
-def read_qc_summary(folder) -> dict:
-    return json.loads((folder / SUMMARY).read_text())
 
 
 @asset(
@@ -78,18 +71,18 @@ def qc_adata(context: AssetExecutionContext, config: QcConfig, project: ProjectR
         result = run_qc(adata, params)
     except (BundleError, QcError) as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
-    out = project.paths.asset_dir(sample, "qc_adata")
+    files = project.paths.qc_adata(sample)
     fingerprint = hashlib.sha1(
         json.dumps({"raw": manifest.fingerprint, "qc": asdict(params), "min_qv": config.min_qv}).encode()
     ).hexdigest()
     result.adata.uns["qc"] = {"sample": sample, "fingerprint": fingerprint, "matrix_source": adata.uns["matrix_source"]}
-    with atomic_file(out / ADATA) as tmp:
+    with atomic_file(files.adata) as tmp:
         result.adata.write_h5ad(tmp, compression="gzip")
-    write_json(out / SUMMARY, {"sample": sample, "fingerprint": fingerprint, **result.summary()})
+    write_json(files.summary, {"sample": sample, "fingerprint": fingerprint, **result.summary()})
     n_out = result.n_cells_out
     return MaterializeResult(
         metadata={
-            "path": MetadataValue.path(str(out / ADATA)),
+            "path": MetadataValue.path(str(files.adata)),
             "n_cells_in": result.n_cells_in,
             "n_cells_out": n_out,
             "n_cells_removed": result.n_cells_in - n_out,
@@ -111,4 +104,4 @@ def qc_adata(context: AssetExecutionContext, config: QcConfig, project: ProjectR
 def load_qc_adata(project: ProjectResource, sample: str) -> "ad.AnnData":
     import anndata as ad
 
-    return ad.read_h5ad(project.paths.asset_dir(sample, "qc_adata") / ADATA)
+    return ad.read_h5ad(project.paths.qc_adata(sample).adata)

@@ -46,13 +46,14 @@ def raw_bundle(context: AssetExecutionContext, config: RawBundleConfig, project:
         raise Failure(
             description=str(exc), metadata={"bundle_dir": MetadataValue.path(entry.bundle_dir)}, allow_retries=False
         ) from exc
-    manifest = write_manifest(report, sample, project.paths.asset_dir(sample, "raw_bundle"))
+    files = project.paths.raw_bundle(sample)
+    manifest = write_manifest(report, sample, files.folder)
     height, width = report.dapi.shape
     for line in report.problems:
         context.log.warning(line)
     return MaterializeResult(
         metadata={
-            "path": MetadataValue.path(str(project.paths.asset_dir(sample, "raw_bundle") / "manifest.json")),
+            "path": MetadataValue.path(str(files.manifest)),
             "bundle_dir": MetadataValue.path(manifest.bundle_dir),
             "xoa_version": manifest.xoa_version,
             "analysis_sw_version": manifest.analysis_sw_version or "absent",

@@ -7,7 +7,7 @@ from pathlib import Path
 from dagster import ConfigurableResource, Failure
 
 from xenium_assets.bundle.manifest import Manifest, read_manifest
-from xenium_assets.paths import ProjectPaths
+from xenium_assets.layout import ProjectPaths
 from xenium_assets.registry import SampleEntry, SampleRegistry
 
 
@@ -35,9 +35,9 @@ class ProjectResource(ConfigurableResource):
 
     def manifest(self, key: str) -> Manifest:
         """The sample's validated bundle manifest; a Failure that says what to materialize if it has none."""
-        raw_dir = self.paths.asset_dir(key, "raw_bundle")
-        if not (raw_dir / "manifest.json").exists():
+        files = self.paths.raw_bundle(key)
+        if not files.manifest.exists():
             raise Failure(
                 f"sample {key!r} has no raw_bundle manifest: materialize raw_bundle for it first", allow_retries=False
             )
-        return read_manifest(raw_dir)
+        return read_manifest(files.manifest)

@@ -1,6 +1,5 @@
 """Scheduled retraining: weekly by default, and only when shards or labels changed since the last model."""
 
-import json
 import os
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
@@ -15,8 +14,8 @@ TRAINING_TAG = "xenium-assets/training"
 
 
 def last_trained_on(project: ProjectResource) -> str | None:
-    latest = project.paths.latest_model
-    return json.loads(latest.read_text()).get("inputs") if latest.exists() else None
+    latest = project.paths.read_latest_model()
+    return latest.get("inputs") if latest else None
 
 
 @schedule(
@@ -30,7 +29,7 @@ def last_trained_on(project: ProjectResource) -> str | None:
 )
 def retrain_schedule(context: ScheduleEvaluationContext, project: ProjectResource) -> RunRequest | SkipReason:
     current = training_inputs(project.paths)
-    if not any(project.paths.samples_dir.glob("*/patch_shards/*/index.parquet")):
+    if not project.paths.all_shard_indexes():
         return SkipReason("no patch shards yet: nothing to train on")
     if last_trained_on(project) == current:
         return SkipReason("shards and labels unchanged since the last model: no retraining")

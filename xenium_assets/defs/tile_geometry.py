@@ -9,7 +9,7 @@ from xenium_assets.defs.compute import PatchGeometry
 from xenium_assets.defs.partitions import sample_partitions
 from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
-from xenium_assets.patches.geometry import CELLS, split_by_tile
+from xenium_assets.patches.geometry import split_by_tile
 from xenium_assets.progress import LogProgress
 
 
@@ -28,13 +28,13 @@ def tile_geometry(
 ) -> MaterializeResult:
     sample = context.partition_key
     manifest = project.manifest(sample)
-    out = project.paths.asset_dir(sample, "tile_geometry")
+    files = project.paths.tile_geometry(sample)
     start = time.perf_counter()
-    summary = split_by_tile(manifest, patches.spec, out, LogProgress(context.log.info))
+    summary = split_by_tile(manifest, patches.spec, files.folder, LogProgress(context.log.info))
     per_tile = sorted(summary.cells_per_tile.values())
     return MaterializeResult(
         metadata={
-            "path": MetadataValue.path(str(out / CELLS)),
+            "path": MetadataValue.path(str(files.cells)),
             "n_cells": summary.n_cells,
             "n_cell_polygons": summary.n_polygons["cell"],
             "n_nucleus_polygons": summary.n_polygons["nucleus"],

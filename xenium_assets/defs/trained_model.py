@@ -57,8 +57,8 @@ class TrainModelConfig(Config):
 def sample_shard_dirs(context: AssetExecutionContext, project) -> dict:
     """Samples whose patch shards exist, by key."""
     keys = context.instance.get_dynamic_partitions(SAMPLES)
-    dirs = {k: project.paths.asset_dir(k, "patch_shards") for k in keys}
-    return {k: d for k, d in dirs.items() if any(d.glob("*/index.parquet"))}
+    shards = {k: project.paths.patch_shards(k) for k in keys}
+    return {k: s.folder for k, s in shards.items() if s.done_tiles()}
 
 
 @asset(
@@ -106,7 +106,8 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
     dirs = {k: d for k, d in dirs.items() if k not in unlabelled}
     inputs = training_inputs(project.paths)  # what the retrain schedule compares against
     run = mlflow.active_run()
-    out = project.paths.models_dir / run.info.run_id
+    files = project.paths.model(run.info.run_id)
+    out = files.folder
     data = DataConfig(
         input_px=config.input_px,
         representation=config.representation,
@@ -159,10 +160,9 @@ def trained_model(context: AssetExecutionContext, config: TrainModelConfig) -> M
         }
     )
     tracking.log_metric("best_val_macro_f1", model.fit.best_val_macro_f1)
-    for name in ("model.json", "split.parquet", "history.csv", model.fit.checkpoint.name):
-        tracking.log_artifact(str(out / name), artifact_path="model")
-    (out / "shards.txt").write_text("\n".join(model.shards) + "\n")
-    tracking.log_artifact(str(out / "shards.txt"), artifact_path="model")
+    files.shard_list.write_text("\n".join(model.shards) + "\n")
+    for path in (files.card, files.split, files.history, model.fit.checkpoint, files.shard_list):
+        tracking.log_artifact(str(path), artifact_path="model")
     module = CellClassifier.load_from_checkpoint(model.fit.checkpoint, map_location="cpu").eval()
     example = np.zeros((1, module.hparams.in_chans, config.input_px, config.input_px), dtype=np.float32)
     logged = mlflow.pytorch.log_model(

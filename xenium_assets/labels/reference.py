@@ -31,12 +31,8 @@ from xenium_assets.labels.methods import label_cells
 from xenium_assets.labels.options import VOTER_FLOOR, MethodOptions, ReferenceParams
 from xenium_assets.labels.sketch import Sketch, sketch
 from xenium_assets.labels.table import UNASSIGNED, LabelError, Labelling, finalise
+from xenium_assets.layout import ReferenceFiles, read_json
 from xenium_assets.progress import Progress, no_progress
-
-CARD = "reference.json"
-ARRAYS = "reference.npz"
-CELLS = "cells.parquet"
-MARKERS = "markers.csv"
 
 
 @dataclass
@@ -139,18 +135,19 @@ class LabelReference:
             **self.info,
         }
         with atomic_dir(folder, overwrite=True) as tmp:
-            np.savez(tmp / ARRAYS, **arrays)
-            (tmp / CARD).write_text(json.dumps(card, indent=2, default=str))
-            cells.to_parquet(tmp / CELLS, index=False)
-            markers.to_csv(tmp / MARKERS, index=False)
+            files = ReferenceFiles(tmp)
+            np.savez(files.arrays, **arrays)
+            files.card.write_text(json.dumps(card, indent=2, default=str))
+            cells.to_parquet(files.cells, index=False)
+            markers.to_csv(files.markers, index=False)
 
     @classmethod
     def load(cls, folder: Path) -> LabelReference:
-        folder = Path(folder)
-        if not (folder / CARD).exists():
+        files = ReferenceFiles(Path(folder))
+        if not files.card.exists():
             raise LabelError(f"{folder}: no label reference here; materialize label_reference")
-        card = json.loads((folder / CARD).read_text())
-        with np.load(folder / ARRAYS) as arrays:
+        card = read_json(files.card)
+        with np.load(files.arrays) as arrays:
             clusters = (
                 SoftClusters(arrays["centroids"], arrays["cluster_weights"], arrays["cluster_sums"], card["sigma"])
                 if "centroids" in arrays

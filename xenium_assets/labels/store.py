@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from xenium_assets.atomic import atomic_file, write_json
 from xenium_assets.labels.table import LABEL_COLUMNS, LabelError
-from xenium_assets.paths import ProjectPaths
+from xenium_assets.layout import ProjectPaths
 
 if TYPE_CHECKING:
     from xenium_assets.labels.reference import LabelReference

@@ -25,6 +25,7 @@ from numcodecs import Blosc, Zstd
 
 from xenium_assets.bundle.image import decode_window, open_plane
 from xenium_assets.bundle.manifest import Manifest
+from xenium_assets.layout import ZARR_METADATA, DapiFiles, read_json
 from xenium_assets.parallel import Runner
 from xenium_assets.patches.grid import target_grid
 from xenium_assets.raster import Window, read_window, tile_windows
@@ -32,8 +33,6 @@ from xenium_assets.raster import Window, read_window, tile_windows
 CHUNK = 512
 BLOCK = 2048  # a task: 4 x 4 chunks, aligned with 1024² TIFF tiles
 PERCENTILES = (0.5, 1.0, 50.0, 99.0, 99.5, 99.9)
-SUMMARY = "dapi.json"
-STORE = "dapi.zarr"
 CODEC = zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle", typesize=2)
 """blosc's lz4 on bit-shuffled pixels. Per 512² chunk of the benchmark's slide (encode and write, read and decode,
 size against the raw pixels), one process on a busy machine: zstd level 1 1.29 ms, 0.80 ms, 72 %; blosc-lz4
@@ -96,7 +95,7 @@ class ChunkFiles:
 
         Its metadata is read as the JSON file it is: through zarr, opening the store cost each tile task 2-17 ms
         of waiting on zarr's event-loop thread."""
-        file = Path(path) / "zarr.json"
+        file = Path(path) / ZARR_METADATA
         try:
             meta = json.loads(file.read_bytes())
         except (OSError, ValueError) as error:
@@ -226,14 +225,15 @@ def percentiles_from_histogram(hist: np.ndarray, qs: tuple[float, ...] = PERCENT
     return {f"p{q:g}": float(np.searchsorted(cdf, q / 100 * total)) for q in qs}
 
 
-def write_summary(folder: Path, summary: DapiStore) -> None:
+def write_description(folder: Path, store: DapiStore) -> None:
     from xenium_assets.atomic import write_json
 
-    write_json(folder / SUMMARY, asdict(summary))
+    write_json(DapiFiles(Path(folder)).description, asdict(store))
 
 
-def read_summary(folder: Path) -> DapiStore:
-    data = json.loads((Path(folder) / SUMMARY).read_text())
+def read_description(folder: Path) -> DapiStore:
+    """The DAPI store of the dapi_zarr folder ``folder``: its grid, pixel size and intensity percentiles."""
+    data = read_json(DapiFiles(Path(folder)).description)
     data["shape"] = tuple(data["shape"])
     data["source_shape"] = tuple(data["source_shape"])
     data["image_origin_um"] = tuple(data["image_origin_um"])
@@ -250,8 +250,8 @@ def transcode_dapi(manifest: Manifest, out_dir: Path, pixel_size_um: float, run:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = target_grid(manifest, pixel_size_um)
     shape, resampled = target.shape, target.resampled
-    final = out_dir / STORE
-    tmp = out_dir / f".dapi{PARTIAL}{os.getpid()}.zarr"
+    final = DapiFiles(out_dir).store
+    tmp = final.with_name(f".{final.stem}{PARTIAL}{os.getpid()}{final.suffix}")
     create_store(tmp, shape)
     scale = manifest.pixel_size_um / pixel_size_um if resampled else 1.0
     source = str(manifest.dapi_path)
@@ -276,5 +276,5 @@ def transcode_dapi(manifest: Manifest, out_dir: Path, pixel_size_um: float, run:
         resampled=resampled,
         percentiles=percentiles_from_histogram(hist),
     )
-    write_summary(out_dir, summary)
+    write_description(out_dir, summary)
     return summary

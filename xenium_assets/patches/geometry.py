@@ -1,9 +1,9 @@
 """Split a sample's cell and nucleus polygons by tile, streaming, and find each cell's patch centre.
 
-The boundary tables are read in record batches (a polygon cut by a batch boundary is carried over
-to the next batch), so a whole-slide polygon table never sits in memory. Each polygon goes to every
-tile whose halo-expanded window its bounding box touches; each tile's polygons land in their own
-Arrow IPC file (pixel coordinates at the target pixel size), so a tile task reads only its own.
+The boundary tables are read in record batches (``bundle.polygons.iter_polygons``: a polygon cut by a
+batch boundary is carried over to the next batch), so a whole-slide polygon table never sits in memory.
+Each polygon goes to every tile whose halo-expanded window its bounding box touches; each tile's polygons land
+in their own Arrow IPC file (pixel coordinates at the target pixel size), so a tile task reads only its own.
 A cell's patch is centred on its nucleus centroid (area-weighted over all its nuclei); cells
 without a nucleus are placed by their cell centroid, so they are still counted (and skipped) by a tile.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,86 +21,28 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import shapely
 
 from xenium_assets.atomic import PARTIAL, atomic_file
 from xenium_assets.bundle.ids import normalise_ids
 from xenium_assets.bundle.manifest import Manifest
+from xenium_assets.bundle.polygons import iter_polygons, usable_polygons
 from xenium_assets.bundle.tables import read_table
 from xenium_assets.formats import Col
+from xenium_assets.layout import GeometryFiles
 from xenium_assets.patches import grid
 from xenium_assets.progress import Progress, no_progress
 from xenium_assets.raster import next_vertex
 
-BATCH_ROWS = 1_000_000
-TILES_DIR = "tiles"
-TILE_SUFFIX = ".arrow"
-"""Uncompressed Arrow IPC, not Parquet: a batch's polygons of one tile (about 3,600 lists of vertices) took 5-7 ms
-to write as Parquet with any codec and 3 ms to read, and 0.2 and 0.5 ms as IPC, for files 2.9x larger (11 against
-32 MB for the 100,000 cells of the 20k² benchmark). Writing them was a third of the split's 2.2 CPU-s."""
-CELLS = "cells.parquet"
+# Tiles' polygons are uncompressed Arrow IPC, not Parquet: a batch's polygons of one tile (about 3,600 lists of
+# vertices) took 5-7 ms to write as Parquet with any codec and 3 ms to read, and 0.2 and 0.5 ms as IPC, for files
+# 2.9x larger (11 against 32 MB for the 100,000 cells of the 20k² benchmark). Writing them was a third of the
+# split's 2.2 CPU-s.
 GRID_KEY = b"xenium_assets.target_grid"
 POLYGON_SCHEMA = pa.schema(
     [("cell_id", pa.string()), ("kind", pa.string()), ("x", pa.list_(pa.float32())), ("y", pa.list_(pa.float32()))]
 )
-
-
-@dataclass
-class Polygons:
-    """Complete polygons of one batch: owner id per polygon and ragged vertices (µm)."""
-
-    ids: np.ndarray
-    x: np.ndarray
-    y: np.ndarray
-    starts: np.ndarray
-    rows: np.ndarray
-
-
-def _batches(path: Path) -> Iterator[pa.RecordBatch]:
-    columns = [Col.CELL_ID, Col.VERTEX_X, Col.VERTEX_Y]
-    if path.name.endswith(".parquet"):
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
-        wanted = columns + ([Col.LABEL_ID] if Col.LABEL_ID in names else [])
-        yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=wanted)
-    else:
-        opts = pacsv.ConvertOptions(column_types={Col.CELL_ID: pa.string()})
-        reader = pacsv.open_csv(path, convert_options=opts, read_options=pacsv.ReadOptions(block_size=64 << 20))
-        for batch in reader:
-            keep = [c for c in [*columns, Col.LABEL_ID] if c in batch.schema.names]
-            yield pa.RecordBatch.from_arrays([batch.column(c) for c in keep], names=keep)
-
-
-def iter_polygons(path: Path) -> Iterator[Polygons]:
-    """Complete polygons batch by batch; rows of one polygon are contiguous (label_id, else cell_id)."""
-    carry: pa.Table | None = None
-    batches = _batches(path)
-    nxt = next(batches, None)
-    while nxt is not None:
-        current, nxt = nxt, next(batches, None)
-        table = (
-            pa.Table.from_batches([current])
-            if carry is None
-            else pa.concat_tables([carry, pa.Table.from_batches([current])])
-        )
-        key = table[Col.LABEL_ID] if Col.LABEL_ID in table.column_names else table[Col.CELL_ID]
-        n = table.num_rows
-        change = pc.not_equal(key.slice(0, n - 1), key.slice(1)).to_numpy(zero_copy_only=False) if n > 1 else []
-        starts = np.flatnonzero(np.concatenate([[True], change]))
-        cut = starts[-1] if nxt is not None else n  # the last polygon may continue in the next batch
-        carry = table.slice(cut) if nxt is not None else None
-        complete = table.slice(0, cut)
-        starts = starts[starts < cut]
-        if len(starts):
-            yield Polygons(
-                ids=normalise_ids(complete[Col.CELL_ID].take(pa.array(starts))),
-                x=complete[Col.VERTEX_X].to_numpy().astype(np.float64),
-                y=complete[Col.VERTEX_Y].to_numpy().astype(np.float64),
-                starts=starts,
-                rows=np.diff(np.append(starts, cut)),
-            )
 
 
 def gather(starts: np.ndarray, rows: np.ndarray, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,13 +51,6 @@ def gather(starts: np.ndarray, rows: np.ndarray, pick: np.ndarray) -> tuple[np.n
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     index = np.repeat(starts[pick] - offsets[:-1], lengths) + np.arange(offsets[-1])
     return index, offsets
-
-
-def usable_polygons(batch: Polygons, owner: np.ndarray) -> np.ndarray:
-    """Indices of the batch's polygons that can be drawn: a known owner, a closed ring (>= 4 vertices), no NaN."""
-    bad = np.isnan(batch.x) | np.isnan(batch.y)
-    ok = (batch.rows >= 4) & (np.add.reduceat(bad, batch.starts) == 0) & (owner >= 0)
-    return np.flatnonzero(ok)
 
 
 def ring_moments(x: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,7 +93,7 @@ class GeometrySummary:
 
 def read_target_grid(folder: Path) -> grid.TargetGrid | None:
     """The pixel grid ``split_by_tile`` used (None for a cells.parquet written before it was recorded)."""
-    meta = pq.read_schema(Path(folder) / CELLS).metadata or {}
+    meta = pq.read_schema(GeometryFiles(Path(folder)).cells).metadata or {}
     if GRID_KEY not in meta:
         return None
     data = json.loads(meta[GRID_KEY])
@@ -190,7 +125,8 @@ def split_by_tile(
     cell_area = np.zeros(n)
     counts = {"cell": 0, "nucleus": 0}
     unknown = 0
-    tmp = out_dir / f".{TILES_DIR}{PARTIAL}{os.getpid()}"
+    files = GeometryFiles(out_dir)
+    tmp = out_dir / f".{files.tiles.name}{PARTIAL}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -242,12 +178,12 @@ def split_by_tile(
                     )
                     key = grid.TILE_KEYS[tile]
                     if key not in writers:
-                        writers[key] = pa.ipc.new_file(tmp / f"{key}{TILE_SUFFIX}", POLYGON_SCHEMA)
+                        writers[key] = pa.ipc.new_file(tmp / files.tile(key).name, POLYGON_SCHEMA)
                     writers[key].write_table(table)
                 progress("split polygons by tile", counts["nucleus"] + counts["cell"], 2 * n)
         for w in writers.values():
             w.close()
-        final = out_dir / TILES_DIR
+        final = files.tiles
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -281,7 +217,7 @@ def split_by_tile(
     )
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**table.schema.metadata, GRID_KEY: json.dumps(asdict(target)).encode()})
-    with atomic_file(out_dir / CELLS) as tmp_cells:
+    with atomic_file(files.cells) as tmp_cells:
         pq.write_table(table, tmp_cells)
     return GeometrySummary(
         n_cells=n,
@@ -340,7 +276,7 @@ class TileRings:
 
 def read_tile_rings(folder: Path, tile: str) -> TileRings:
     """The tile's polygons with their owner cell ids and kinds; empty if the tile has none."""
-    path = Path(folder) / TILES_DIR / f"{tile}{TILE_SUFFIX}"
+    path = GeometryFiles(Path(folder)).tile(tile)
     if not path.exists():
         if path.with_suffix(".parquet").exists():
             raise ValueError(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import functools
 import io
-import json
 import os
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,12 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xenium_assets.atomic import PARTIAL, atomic_file, write_json
+from xenium_assets.layout import ShardMember, TileShardFiles
 
-INDEX = "index.parquet"
-SUMMARY = "summary.json"
 TILE_BOUNDS = "tile_bounds_um"
 """Index metadata: the tile's [x0, y0, x1, y1] in µm, which the spatial split's buffer is measured from."""
-SHARD_PATTERN = "shard-%05d.tar"
 MAX_SAMPLES_PER_SHARD = 10_000
 MAX_SHARD_BYTES = 1e9
 
@@ -148,7 +145,7 @@ class TileShardWriter:
         while first < len(rows):
             opening = None
             if not self.shards or self._count >= self.max_count or self._bytes >= self.max_bytes:
-                self.shards.append(opening := SHARD_PATTERN % len(self.shards))
+                self.shards.append(opening := TileShardFiles(self.folder).shard(len(self.shards)))
                 self._count = self._bytes = 0
             # As many samples as the shard takes: up to the count, and up to the one that reaches the bytes.
             reach = int(-(-(self.max_bytes - self._bytes) // rows.shape[1]))
@@ -281,7 +278,7 @@ def _layout(shape: tuple[int, int], slot: int) -> _Layout:
     h, w = shape
     parts, members, arrays = [], [], []
     at = 0
-    for ext, dtype in ((".dapi.npy", np.dtype(np.uint16)), (".mask.npy", np.dtype(np.uint8))):
+    for member, dtype in ((ShardMember.DAPI, np.dtype(np.uint16)), (ShardMember.MASK, np.dtype(np.uint8))):
         buf = io.BytesIO()
         np.lib.format.write_array_header_1_0(buf, {"descr": dtype.str, "fortran_order": False, "shape": (h, w)})
         npy_header = np.frombuffer(buf.getvalue(), np.uint8)
@@ -289,11 +286,11 @@ def _layout(shape: tuple[int, int], slot: int) -> _Layout:
         part = np.zeros(512 + _padded(size), dtype=np.uint8)
         part[512 : 512 + len(npy_header)] = npy_header
         parts.append(part)
-        members.append((at, ext, size))
+        members.append((at, f".{member}", size))
         arrays.append((at + 512 + len(npy_header), dtype))
         at += len(part)
     parts.append(np.zeros(512 + slot, dtype=np.uint8))
-    members.append((at, ".json", None))
+    members.append((at, f".{ShardMember.META}", None))
     template = np.concatenate(parts)
     return _Layout(len(template), template, tuple(members), tuple(arrays))
 
@@ -343,11 +340,12 @@ def finish_tile(folder: Path, index: pd.DataFrame, summary: dict, metadata: dict
     # replaced by ``metadata`` anyway.
     table = pa.table({name: index[name].to_numpy() for name in index.columns})
     table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
-    with atomic_file(folder / INDEX) as tmp:
+    files = TileShardFiles(Path(folder))
+    with atomic_file(files.index) as tmp:
         pq.write_table(table, tmp)
-    write_json(folder / SUMMARY, summary)
+    write_json(files.totals, summary)
     listed = set(index["shard"]) if len(index) else set()
-    for shard in folder.glob("shard-*.tar"):
+    for shard in files.shards():
         if shard.name not in listed:
             shard.unlink()
 
@@ -360,7 +358,7 @@ def read_index(folders: Iterable[Path]) -> pd.DataFrame:
     """Concatenated indexes of tiles (with a ``path`` column pointing at each sample's shard)."""
     frames = []
     for folder in folders:
-        path = Path(folder) / INDEX
+        path = TileShardFiles(Path(folder)).index
         if path.exists():
             frame = pq.read_table(path).to_pandas().drop(columns=list(LEGACY_LABEL_COLUMNS), errors="ignore")
             frame["path"] = [str(Path(folder) / s) for s in frame["shard"]]
@@ -374,12 +372,12 @@ def verify_tile(folder: Path) -> tuple[int, list[str]]:
     import tarfile
     from collections import Counter
 
-    index = pd.read_parquet(Path(folder) / INDEX, columns=["key", "shard"])
+    index = pd.read_parquet(TileShardFiles(Path(folder)).index, columns=["key", "shard"])
     problems = []
     for shard, n in Counter(index["shard"]).items():
         try:
             with tarfile.open(Path(folder) / shard) as tar:
-                found = sum(1 for m in tar if m.name.endswith(".json"))
+                found = sum(1 for m in tar if m.name.endswith(f".{ShardMember.META}"))
         except (OSError, tarfile.TarError) as exc:
             problems.append(f"{Path(folder) / shard}: unreadable ({exc})")
             continue
@@ -389,12 +387,8 @@ def verify_tile(folder: Path) -> tuple[int, list[str]]:
 
 
 def index_metadata(folder: Path) -> dict[str, str]:
-    meta = pq.read_schema(Path(folder) / INDEX).metadata or {}
+    meta = pq.read_schema(TileShardFiles(Path(folder)).index).metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items()}
-
-
-def read_summary(folder: Path) -> dict:
-    return json.loads((Path(folder) / SUMMARY).read_text())
 
 
 def read_patches(rows: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -409,6 +403,9 @@ def read_patches(rows: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
     for path, group in rows.groupby("path", sort=False):
         with tarfile.open(path) as tar:
             for key in group["key"]:
-                arrays = [np.load(io.BytesIO(tar.extractfile(f"{key}.{part}.npy").read())) for part in ("dapi", "mask")]
+                arrays = [
+                    np.load(io.BytesIO(tar.extractfile(f"{key}.{member}").read()))
+                    for member in (ShardMember.DAPI, ShardMember.MASK)
+                ]
                 found[key] = (arrays[0], arrays[1])
     return [found[k] for k in rows["key"]]

@@ -18,7 +18,15 @@ import pyarrow.parquet as pq
 import scipy.io
 import scipy.sparse as sp
 
-from xenium_assets.formats import UNASSIGNED_INT, UNASSIGNED_STR, Col, FeatureType, XeniumFile
+from xenium_assets.formats import (
+    CLUSTERS_CSV,
+    PROJECTION_CSV,
+    UNASSIGNED_INT,
+    UNASSIGNED_STR,
+    Col,
+    FeatureType,
+    XeniumFile,
+)
 from xenium_assets.synth.profiles import XoaProfile
 
 # Name patterns and numbering of control features, as seen in real panels.
@@ -300,12 +308,12 @@ def write_analysis(root: Path, ids: np.ndarray, counts_genes: np.ndarray, n_clas
         labels = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3).fit_predict(pcs) + 1
         out = base / "clustering" / name
         out.mkdir(parents=True)
-        pd.DataFrame({"Barcode": barcodes, "Cluster": labels}).to_csv(out / "clusters.csv", index=False)
+        pd.DataFrame({"Barcode": barcodes, "Cluster": labels}).to_csv(out / CLUSTERS_CSV, index=False)
     out = base / "pca" / "gene_expression_10_components"
     out.mkdir(parents=True)
     frame = pd.DataFrame(pcs, columns=[f"PC-{i + 1}" for i in range(pcs.shape[1])])
     frame.insert(0, "Barcode", barcodes)
-    frame.to_csv(out / "projection.csv", index=False)
+    frame.to_csv(out / PROJECTION_CSV, index=False)
 
 
 class TranscriptWriter:

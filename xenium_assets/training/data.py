@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 
-from xenium_assets.patches.shards import INDEX, TILE_BOUNDS, index_metadata, read_index
+from xenium_assets.layout import ShardFiles, ShardMember, TileShardFiles
+from xenium_assets.patches.shards import TILE_BOUNDS, index_metadata, read_index
 
 Representation = Literal["dapi", "dapi_masks", "masked_dapi"]
 CHANNELS = {"dapi": 1, "dapi_masks": 3, "masked_dapi": 1}
@@ -74,7 +75,8 @@ def _tile_metadata(folder: Path) -> tuple[list[float], float, dict]:
     missing += [f"dapi_percentiles {k}" for k in (LOW, HIGH) if k not in percentiles and "dapi_percentiles" in meta]
     if missing:
         raise ShardFormatError(
-            f"{Path(folder) / INDEX} lacks {', '.join(missing)}: re-materialize patch_shards for this sample"
+            f"{TileShardFiles(Path(folder)).index} lacks {', '.join(missing)}: "
+            "re-materialize patch_shards for this sample"
         )
     return json.loads(meta[TILE_BOUNDS]), float(meta["patch_um"]), percentiles
 
@@ -84,7 +86,7 @@ def load_index(sample_dirs: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, tu
     sample's DAPI (low, high) percentiles. Shards without them are refused: no silent default."""
     frames, percentiles = [], {}
     for sample, folder in sample_dirs.items():
-        tiles = sorted(p.parent for p in Path(folder).glob(f"*/{INDEX}"))
+        tiles = [t.folder for t in ShardFiles(Path(folder)).done_tiles()]
         for tile in tiles:
             frame = read_index([tile])
             if not len(frame):
@@ -199,9 +201,11 @@ class PatchDataModule(L.LightningDataModule):
         cfg, percentiles, targets, size = self.config, self.percentiles, self.targets, self.config.input_px
 
         def sample_to_tensors(sample: dict) -> tuple[torch.Tensor, int, str]:
-            meta = sample["json"]
+            meta = sample[ShardMember.META]
             low, high = percentiles[meta["sample"]]
-            x = resize(to_input(sample["dapi.npy"], sample["mask.npy"], low, high, cfg.representation), size)
+            x = resize(
+                to_input(sample[ShardMember.DAPI], sample[ShardMember.MASK], low, high, cfg.representation), size
+            )
             if train and cfg.augment:
                 seed = zlib.crc32(sample["__key__"].encode()) + 7919 * self._epoch_seed() + self.seed
                 generator = torch.Generator().manual_seed(seed % 2**63)
@@ -272,10 +276,10 @@ def iter_patches(
     dapi, masks, labels_, keys, metas = [], [], [], [], []
     stream = wds.WebDataset(urls, shardshuffle=False, empty_check=False).select(lambda s: s["__key__"] in labels)
     for sample in stream.decode():
-        meta = sample["json"]
+        meta = sample[ShardMember.META]
         low, high = percentiles[meta["sample"]]
-        dapi.append((sample["dapi.npy"].astype(np.float32) - low) / max(high - low, 1.0))
-        masks.append(sample["mask.npy"])
+        dapi.append((sample[ShardMember.DAPI].astype(np.float32) - low) / max(high - low, 1.0))
+        masks.append(sample[ShardMember.MASK])
         labels_.append(labels[sample["__key__"]])
         keys.append(sample["__key__"])
         metas.append(meta)

@@ -15,6 +15,7 @@ import torch
 from markdown_it import MarkdownIt
 
 from xenium_assets.atomic import atomic_file
+from xenium_assets.layout import ReportFiles
 from xenium_assets.plots import add_scale_bar, label_colors, png_bytes
 from xenium_assets.training.data import PatchDataModule, iter_patches
 from xenium_assets.training.evaluate import MODEL_NAMES, Evaluation
@@ -147,7 +148,9 @@ class Report:
     def add(self, heading: str, body: str) -> None:
         self.sections.append((heading, body))
 
-    def image(self, name: str, png: bytes, alt: str) -> str:
+    def image(self, figure: str, png: bytes, alt: str) -> str:
+        """Keep the figure (written beside the report as ``<figure>.png``) and return its Markdown link."""
+        name = ReportFiles.figure(figure)
         self.images[name] = png
         return f"![{alt}]({name})"
 
@@ -179,11 +182,12 @@ class Report:
         for name, png in self.images.items():
             with atomic_file(folder / name) as tmp:
                 tmp.write_bytes(png)
-        with atomic_file(folder / "report.md") as tmp:
+        files = ReportFiles(folder)
+        with atomic_file(files.markdown) as tmp:
             tmp.write_text(self.markdown())
-        with atomic_file(folder / "report.html") as tmp:
+        with atomic_file(files.html) as tmp:
             tmp.write_text(self.html())
-        return folder / "report.md", folder / "report.html"
+        return files.markdown, files.html
 
 
 SALIENCY_PER_GROUP = 3
@@ -321,7 +325,7 @@ def build_report(
         + "\n\n"
         + "\n".join(f"- {n}" for n in notes)
         + "\n\n"
-        + rep.image("null.png", null_figure(ev), "null distribution"),
+        + rep.image("null", null_figure(ev), "null distribution"),
     )
     diffs = ["| comparison (macro-F1) | difference | 95 % interval | verdict |", "|---|---|---|---|"]
     for d in ev.differences.values():
@@ -347,17 +351,16 @@ def build_report(
     ]
     rep.add(
         "Per class",
-        "\n".join(per) + "\n\n" + rep.image("confusion.png", confusion_figure(ev), "confusion matrix"),
+        "\n".join(per) + "\n\n" + rep.image("confusion", confusion_figure(ev), "confusion matrix"),
     )
     rep.add(
         "Training",
         f"Best validation macro-F1 {card['best_val_macro_f1']:.3f} after {card['epochs']} epochs.\n\n"
-        + rep.image("learning_curves.png", learning_curves_figure(history), "learning curves"),
+        + rep.image("learning_curves", learning_curves_figure(history), "learning curves"),
     )
     rep.add("What the model looks at", _saliency(rep, model_dir, card, test, datamodule, classes, percentiles))
     maps = [
-        rep.image(f"slide_{s}.png", slide_map_figure(test, s), f"slide map {s}")
-        for s in sorted(test["sample"].unique())
+        rep.image(f"slide_{s}", slide_map_figure(test, s), f"slide map {s}") for s in sorted(test["sample"].unique())
     ]
     rep.add("Predictions in place (test tiles)", "\n\n".join(maps))
     return rep
@@ -402,7 +405,7 @@ def _saliency(
         x = resize(x, size)
         cam = integrated_gradients(module.model, x, torch.as_tensor(rows["pred"].to_numpy()))
         titles = [f"{r.label} -> {r.predicted}" for r in rows.itertuples()]
-        name = "saliency_correct.png" if correct else "saliency_wrong.png"
+        name = "saliency_correct" if correct else "saliency_wrong"
         parts.append(
             ("Correct" if correct else "Wrong")
             + " (label -> prediction; integrated gradients of the predicted class on DAPI):\n\n"

@@ -8,7 +8,6 @@ Evaluation rebuilds the same test split (and its buffer) from it, so a report ca
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import torch
 
 from xenium_assets.atomic import atomic_file, write_json
 from xenium_assets.labels.table import MIN_CLASS_CELLS
+from xenium_assets.layout import ModelFiles, ReportFiles
 from xenium_assets.training import report as figures
 from xenium_assets.training.data import (
     DataConfig,
@@ -51,9 +51,6 @@ from xenium_assets.training.spatial_stats import (
 from xenium_assets.training.splits import BUFFER, SplitConfig, cell_splits, spatial_split, split_summary
 from xenium_assets.training.train import FitResult, TrainConfig, fit, predict
 
-MODEL_CARD = "model.json"
-SPLIT = "split.parquet"
-HISTORY = "history.csv"
 MORPHOLOGY_TRAIN_CELLS = 50_000
 """Train cells the morphology baseline is fitted on, at most (whole shards, drawn at random): a logistic regression
 on 16 features needs no more, and every cell costs a patch decode and its features, about 2 ms: all 650,000 train
@@ -171,12 +168,13 @@ def train_model(
     assignment = spatial_split(index, classes, split)
     splits = cell_splits(index, assignment, split)
     result, _ = _fit(index, splits, classes, percentiles, data, train, out_dir, loggers, report)
-    with atomic_file(out_dir / SPLIT) as tmp:
+    files = ModelFiles(out_dir)
+    with atomic_file(files.split) as tmp:
         assignment.to_parquet(tmp)
-    with atomic_file(out_dir / HISTORY) as tmp:
+    with atomic_file(files.history) as tmp:
         result.history.to_csv(tmp, index=False)
     write_json(
-        out_dir / MODEL_CARD,
+        files.card,
         {
             "classes": classes,
             "dropped_classes": dropped,
@@ -343,7 +341,8 @@ def evaluate_model(
 
     ``labels``: key, label, confidence of reference ``label_version``, which must be the one the model was trained
     on (its card says which)."""
-    card = json.loads((model_dir / MODEL_CARD).read_text())
+    model_files = ModelFiles(model_dir)
+    card = model_files.read_card()
     if card["label_version"] != label_version:
         raise TrainingError(
             f"{model_dir.name} was trained on labels {card['label_version']}, not {label_version}: evaluate it with "
@@ -360,7 +359,7 @@ def evaluate_model(
             f"{model_dir.name} was not trained with samples {', '.join(missing)}: re-materialize trained_model"
         )
     split = SplitConfig(**card["split"])
-    assignment = pd.read_parquet(model_dir / SPLIT)
+    assignment = pd.read_parquet(model_files.split)
     splits = cell_splits(index, assignment, split)
     tile_split = index[["sample", "tile"]].merge(assignment, on=["sample", "tile"], how="left")["split"]
     kept = splits != BUFFER
@@ -421,12 +420,13 @@ def evaluate_model(
         cell_only_representation=cell_repr,
     )
     ev.extra["loso"] = loso
-    history = pd.read_csv(model_dir / HISTORY)
+    history = pd.read_csv(model_files.history)
     rep = figures.build_report(ev, card, history, model_dir, test, dm, classes, percentiles)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out_dir / "predictions.parquet") as tmp:
+    report_files = ReportFiles(out_dir)
+    with atomic_file(report_files.predictions) as tmp:
         ev.cells.to_parquet(tmp)
-    write_json(out_dir / "metrics.json", summary(ev, card))
+    write_json(report_files.metrics, summary(ev, card))
     rep.write(out_dir)
     return ev, rep
 

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
+from xenium_assets.layout import ModelFiles
 from xenium_assets.training.data import PatchDataModule
 from xenium_assets.training.model import CellClassifier
 
@@ -91,7 +92,12 @@ def fit(
         checkpoint=config.checkpoint,
     )
     best = ModelCheckpoint(
-        dirpath=out_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1, enable_version_counter=False
+        dirpath=out_dir,
+        filename=ModelFiles(out_dir).checkpoint.stem,
+        monitor=MONITOR,
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
     )
     history = _History(report)
     gpu = torch.cuda.is_available()

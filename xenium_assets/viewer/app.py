@@ -20,8 +20,10 @@ from qtpy.QtCore import QSize
 from qtpy.QtGui import QColor, QIcon, QImage, QPixmap
 from qtpy.QtWidgets import QGridLayout, QLabel, QListWidget, QListWidgetItem, QToolButton, QVBoxLayout, QWidget
 
+from xenium_assets.labels.overview import NOT_LABELLED, NOT_LABELLED_COLOUR
 from xenium_assets.patches.gallery import patch_rgb
 from xenium_assets.patches.shards import read_patches
+from xenium_assets.plots import LegendGroup, with_legend
 from xenium_assets.slide import BurnCache, DapiPyramid, label_pyramid
 from xenium_assets.viewer.data import ViewData
 
@@ -30,13 +32,16 @@ LABEL, PREDICTED, CORRECT = "expression label", "predicted label", "correct"
 TRANSCRIPTS, SELECTED = "transcripts", "selected cell"
 WIDGET = "classes and patches"
 CORRECT_COLORS = {1: (0.2, 0.8, 0.2, 1.0), 2: (0.9, 0.1, 0.1, 1.0)}
+OUTLINE_COLORS = {NUCLEI: (0.0, 1.0, 1.0, 1.0), CELLS: (1.0, 1.0, 0.0, 1.0)}
+"""One colour per outline layer (as in the patch pictures: nucleus cyan, cell yellow), so a legend can name it."""
+SEGMENTATION = "segmentation"
 JUMP_ZOOM = 4.0
 """Screen pixels per µm after jumping to a cell: a 10 µm nucleus fills about 40 pixels."""
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 
 
-def _colormap(colors: dict[int, tuple]) -> DirectLabelColormap:
-    return DirectLabelColormap(color_dict={None: TRANSPARENT, 0: TRANSPARENT, **colors})
+def _colormap(colors: dict[int, tuple], default: tuple = TRANSPARENT) -> DirectLabelColormap:
+    return DirectLabelColormap(color_dict={None: default, 0: TRANSPARENT, **colors})
 
 
 def _class_layer(
@@ -47,9 +52,11 @@ def _class_layer(
     values: np.ndarray,
     colors: dict[int, tuple],
     names: list[str],
+    blank: str | None = None,
     **layer_options,
 ) -> napari.layers.Labels:
-    """A labels layer showing each cell's class code (``values``: ordinal -> code) in its class colour."""
+    """A labels layer showing each cell's class code (``values``: ordinal -> code) in its class colour; the
+    metadata keeps each class's cell count, and ``blank`` names the bare-DAPI cells without a code."""
     layer = viewer.add_labels(
         label_pyramid(data.geometry.cells, data.manifest.dapi.levels, values, cache),
         multiscale=True,
@@ -59,6 +66,10 @@ def _class_layer(
         **layer_options,
     )
     layer.metadata["classes"] = dict(enumerate(names, start=1))
+    counts = np.bincount(np.asarray(values)[1 : len(data.geometry.ids) + 1], minlength=len(names) + 1)
+    layer.metadata["counts"] = {code: int(counts[code]) for code in range(1, len(names) + 1)}
+    if blank:
+        layer.metadata["blank"] = (blank, int(counts[0]))
     return layer
 
 
@@ -92,6 +103,7 @@ def build_viewer(
             multiscale=True,
             name=name,
             features=cell_features,
+            colormap=_colormap({}, OUTLINE_COLORS[name]),
             **scale,
         )
         layer.contour = 1
@@ -100,7 +112,8 @@ def build_viewer(
     if data.labels is not None:
         names = data.classes
         colors = {i + 1: data.palette[n] for i, n in enumerate(names)}
-        _class_layer(viewer, data, cache, LABEL, data.label_values(), colors, names, opacity=0.5, **scale)
+        label_options = {"blank": NOT_LABELLED, "opacity": 0.5, **scale}
+        _class_layer(viewer, data, cache, LABEL, data.label_values(), colors, names, **label_options)
         if data.predictions is not None:
             hidden = {"visible": False, **scale}
             _class_layer(viewer, data, cache, PREDICTED, data.predicted_values(), colors, names, opacity=0.5, **hidden)
@@ -198,12 +211,56 @@ class ClassPatches(QWidget):
             self.buttons.append(button)
 
 
+def _rgba(colour) -> tuple:
+    return tuple(float(c) for c in np.asarray(colour, dtype=float).ravel()[:4])
+
+
+def legend_groups(viewer: napari.Viewer) -> list[LegendGroup]:
+    """Every colour the visible layers draw, read from the layers themselves: each class layer's classes (with
+    cell counts) and its bare-DAPI cells, the outline colour of each segmentation layer, and each points
+    layer's colours by its first feature (a gene)."""
+    groups: list[LegendGroup] = []
+    outlines: list[tuple[str, tuple]] = []
+    for layer in viewer.layers:
+        if not layer.visible:
+            continue
+        if isinstance(layer, napari.layers.Labels) and "classes" in layer.metadata:
+            counts = layer.metadata["counts"]
+            entries = [
+                (f"{name} ({counts[code]:,})", _rgba(layer.colormap.map(code)))
+                for code, name in layer.metadata["classes"].items()
+            ]
+            text, count = layer.metadata.get("blank", ("", 0))
+            if count:
+                entries.append((f"{text} ({count:,})", NOT_LABELLED_COLOUR))
+            title = layer.name if layer.opacity == 1 else f"{layer.name} ({layer.opacity:.0%} opacity)"
+            groups.append((title, entries))
+        elif isinstance(layer, napari.layers.Labels):
+            kind = "outlines" if layer.contour else "filled"
+            outlines.append((f"{layer.name} ({kind})", _rgba(layer.colormap.map(1))))
+        elif isinstance(layer, napari.layers.Points) and len(layer.data):
+            if len(layer.features.columns):
+                key = layer.features.iloc[:, 0].astype(str).to_numpy()
+                values, first, counts = np.unique(key, return_index=True, return_counts=True)
+                colours = [_rgba(layer.face_color[i]) for i in first]
+                entries = [(f"{v} ({n:,})", c) for v, n, c in zip(values, counts, colours, strict=True)]
+                groups.append((layer.name, entries))
+            else:
+                groups.append((layer.name, [(f"{len(layer.data):,} marked", _rgba(layer.face_color[0]))]))
+    return ([(SEGMENTATION, outlines)] if outlines else []) + groups
+
+
 def save_screenshot(viewer: napari.Viewer, path, size: tuple[int, int] = (1400, 900)) -> np.ndarray:
-    """Lay the window out at ``size``, fit the slide to the canvas and save the canvas as a PNG."""
+    """Lay the window out at ``size``, fit the slide to the canvas and save the canvas (with napari's scale bar)
+    as a PNG, with a legend of every colour it shows on its right; returns the saved pixels."""
+    from PIL import Image
     from qtpy.QtWidgets import QApplication
 
     viewer.window.resize(*size)
     QApplication.processEvents()
     viewer.reset_view()
     QApplication.processEvents()
-    return viewer.screenshot(str(path), canvas_only=True, flash=False)
+    canvas = viewer.screenshot(canvas_only=True, flash=False)
+    picture = with_legend(canvas, legend_groups(viewer))
+    Image.fromarray(picture).save(path)
+    return picture

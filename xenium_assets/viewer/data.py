@@ -19,12 +19,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from xenium_assets.bundle.ids import normalise_ids
-from xenium_assets.bundle.manifest import MANIFEST, Manifest, read_manifest
+from xenium_assets.bundle.manifest import Manifest, read_manifest
 from xenium_assets.export import latest_predictions
 from xenium_assets.formats import Col
 from xenium_assets.labels.overview import class_codes, class_palette
-from xenium_assets.patches.shards import INDEX, read_index
-from xenium_assets.paths import ProjectPaths
+from xenium_assets.layout import ProjectPaths
+from xenium_assets.patches.shards import read_index
 from xenium_assets.progress import Progress, no_progress
 from xenium_assets.slide import SlideGeometry, read_geometry
 
@@ -84,8 +84,7 @@ def _labels(paths: ProjectPaths, sample: str) -> pd.DataFrame | None:
 
 def _patches(paths: ProjectPaths, sample: str, labels: pd.DataFrame | None) -> pd.DataFrame | None:
     """The sample's shard index, with each usable cell's label joined on by cell id (shards hold no labels)."""
-    tiles = sorted(p.parent for p in paths.asset_dir(sample, "patch_shards").glob(f"*/{INDEX}"))
-    index = read_index(tiles)
+    index = read_index(t.folder for t in paths.patch_shards(sample).done_tiles())
     if not len(index) or labels is None:
         return None
     usable = labels.loc[labels["excluded_reason"] == "", ["cell_id", "label"]]
@@ -98,14 +97,13 @@ def load_view_data(
 ) -> ViewData:
     """Everything the viewer needs of ``sample`` (and the transcripts of ``genes``); raises ViewerError if its
     raw_bundle is missing or a gene is not in the panel, before any window opens."""
-    raw = paths.asset_dir(sample, "raw_bundle")
-    if not (raw / MANIFEST).exists():
-        known = sorted(p.parent.name for p in paths.samples_dir.glob("*/raw_bundle") if (p / MANIFEST).exists())
+    if not paths.raw_bundle(sample).manifest.exists():
+        known = sorted(p.name for p in paths.samples_dir.glob("*") if paths.raw_bundle(p.name).manifest.exists())
         raise ViewerError(
             f"sample {sample!r} has no raw_bundle in {paths.data_dir}: materialize it first "
             f"(`xenium-assets demo`, or the UI){'; samples with one: ' + ', '.join(known) if known else ''}"
         )
-    manifest = read_manifest(raw)
+    manifest = read_manifest(paths.raw_bundle(sample).manifest)
     progress("read cell and nucleus polygons", 0, 1)
     geometry = read_geometry(manifest)
     progress("read cell and nucleus polygons", 1, 1)

@@ -13,11 +13,11 @@ from xenium_assets.defs.jobs import (
     patch_shards_job,
     training_job,
 )
-from xenium_assets.defs.operations import QUIET, summarise
 from xenium_assets.defs.partitions import SAMPLES, tile_partitions
-from xenium_assets.paths import ProjectPaths
+from xenium_assets.layout import ProjectPaths
 from xenium_assets.progress import TqdmProgress
 from xenium_assets.registry import SampleRegistry
+from xenium_assets.runs.summary import QUIET, summarise
 from xenium_assets.synth import SynthParams, generate_bundle
 
 # Two samples from different XOA releases, so the demo exercises cross-version reading, each with a batch effect of
