@@ -103,3 +103,13 @@ UNASSIGNED_STR = "UNASSIGNED"
 
 # Xenium's native pixel size (µm per pixel of the morphology images).
 XENIUM_PIXEL_SIZE_UM = 0.2125
+
+
+class ReferenceImagesFile(StrEnum):
+    """A folder of nuclear-stain images with hand-drawn nuclei (../shared/real_nuclei/<set>/, as its SOURCE.md
+    describes): an index, and per image id one TIFF image and one TIFF of instance labels."""
+
+    INDEX = "index.csv"
+    IMAGES_DIR = "images"
+    MASKS_DIR = "masks"
+    SUFFIX = ".tif"

@@ -268,6 +268,34 @@ class ReportFiles:
 
 
 @dataclass(frozen=True)
+class SegmenterFiles:
+    """A trained nucleus segmenter: checkpoint (the best on validation), card (settings, training images,
+    figures) and its validation history."""
+
+    folder: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / "segmenter.ckpt"
+
+    @property
+    def card(self) -> Path:
+        return self.folder / "segmenter.json"
+
+    @property
+    def history(self) -> Path:
+        return self.folder / "history.csv"
+
+    @property
+    def per_image(self) -> Path:
+        """Per-image figures of its evaluation on held-out reference images."""
+        return self.folder / "per_image.csv"
+
+    def read_card(self) -> dict:
+        return read_json(self.card)
+
+
+@dataclass(frozen=True)
 class ExplorerFiles:
     """Xenium Explorer cell groups written by ``xenium-assets export --to explorer``: one CSV per grouping."""
 

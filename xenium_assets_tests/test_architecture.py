@@ -74,3 +74,61 @@ def test_file_names_live_in_the_layout_module():
     assert not offenders, offenders
     layout = Path(xenium_assets.layout.__file__).read_text()
     assert "manifest.json" in layout and "index.parquet" in layout  # the test reads the names where they live
+
+
+LAYERS = (
+    # What everything may use: file names, writes, progress, fingerprints, figures, rasters, task runners, samples.
+    {"formats", "layout", "atomic", "progress", "fingerprint", "plots", "raster", "parallel", "landing", "registry"},
+    {"bundle"},  # reading and validating a Xenium bundle
+    {"synth", "expression"},  # bundles made up; counts as AnnData
+    {"patches", "images"},  # pixels: the DAPI store, polygons by tile, shards; DAPI-only images
+    {"slide"},  # a slide as lazy layers for pictures and the viewer
+    {"labels"},  # the label reference and each sample's labels (its overview picture draws on slide)
+    {"training"},  # splits, the model, the evaluation and its report
+    {"segmentation"},  # nuclei from DAPI alone (the learned segmenter trains as the classifier does)
+    {"export"},  # a sample's results as SpatialData or Explorer cell groups
+    {"viewer"},
+    {"bench"},
+    {"defs"},  # Dagster: the assets wire the library
+    {"definitions"},
+    {"runs"},  # runs started from the command line on the instance
+    {"cli"},
+)
+
+
+def _imports_by_unit() -> dict[str, set[str]]:
+    """Top-level unit (subpackage or module of xenium_assets) -> the units it imports, anywhere in its code."""
+    root = Path(xenium_assets.__file__).parent
+    found: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts == ("__init__",) or parts == ("__main__",):
+            continue
+        unit = parts[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + (
+                    [f"{node.module}.{a.name}" for a in node.names] if node.module == "xenium_assets" else []
+                )
+            for name in names:
+                if name.startswith("xenium_assets."):
+                    found.setdefault(unit, set()).add(name.split(".")[1])
+        found.setdefault(unit, set())
+    return found
+
+
+def test_layers_import_only_downwards():
+    """Each unit imports only its own layer and those below it, so the pipeline's story reads bottom-up; a new
+    module must be given a layer here."""
+    layer_of = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+    imports = _imports_by_unit()
+    unplaced = sorted(set(imports) - set(layer_of))
+    assert not unplaced, f"give these a layer in LAYERS: {unplaced}"
+    upward = sorted(
+        f"{unit} (layer {layer_of[unit]}) imports {other} (layer {layer_of[other]})"
+        for unit, others in imports.items()
+        for other in others
+        if other in layer_of and layer_of[other] > layer_of[unit]
+    )
+    assert not upward, upward

@@ -307,3 +307,79 @@ def test_refuses_impossible_density_and_existing_output(tmp_path):
     generate_bundle(tmp_path / "y", SynthParams(n_cells=100, width=1024, height=1024))
     with pytest.raises(FileExistsError, match="already exists"):
         generate_bundle(tmp_path / "y", SynthParams(n_cells=100, width=1024, height=1024))
+
+
+def test_crowded_tissue_has_touching_nuclei_that_a_threshold_merges(tmp_path):
+    """Issue 29: with ``crowding`` a good share of nuclei touch (the truth's ``touching``), a global threshold of
+    the DAPI puts most touching pairs into one blob, and the cut polygons stay valid: no cell is invalid."""
+    import zarr
+    from click.testing import CliRunner
+    from scipy import ndimage
+    from skimage.filters import threshold_li
+    from zarr.storage import ZipStore
+
+    from xenium_assets.bundle.polygons import group_polygons
+    from xenium_assets.bundle.validate import inspect_bundle
+    from xenium_assets.cli import main
+
+    bundle = generate_bundle(tmp_path / "crowded", SynthParams(n_cells=300, width=1024, height=1024, crowding=0.5))
+    truth = _truth(bundle.bundle)
+    assert truth["crowded"].mean() == 0.5
+    assert truth["touching"].mean() >= 0.3  # 0.37 here; 0.27-0.45 over 20 seeds (mean 0.38)
+    assert not truth.loc[~truth["crowded"], "touching"].any()  # elsewhere nuclei keep their distance
+
+    report = inspect_bundle(bundle.bundle)
+    assert report.invalid == {} and report.n_valid_cells == 300
+
+    # Touching pairs of the written nucleus polygons (within a pixel, of different cells) are the truth's.
+    polys = group_polygons(pq.read_table(bundle.bundle / "nucleus_boundaries.parquet"))
+    rings = [
+        np.column_stack([polys.x[s : s + k], polys.y[s : s + k]]) for s, k in zip(polys.starts, polys.rows, strict=True)
+    ]
+    nuclei = shapely.polygons(rings)
+    assert shapely.is_valid(nuclei).all()
+    a, b = shapely.STRtree(nuclei).query(nuclei, predicate="dwithin", distance=0.2125)
+    pair = (a < b) & (polys.ids[a] != polys.ids[b])
+    a, b = a[pair], b[pair]
+    touching = set(polys.ids[a]) | set(polys.ids[b])
+    assert touching == set(truth.loc[truth["touching"], "cell_id"])
+    # They touch without overlapping more than the pixel grid's rounding.
+    assert shapely.area(shapely.intersection(nuclei[a], nuclei[b])).max() < 0.5
+
+    # A global threshold (Li's, as the classical baseline) merges most touching pairs into one component.
+    dapi = tifffile.imread(bundle.bundle / "morphology_focus" / "morphology_focus_0000.ome.tif", is_ome=False)
+    blobs = ndimage.label(dapi > threshold_li(dapi))[0]
+    centre = shapely.get_coordinates(shapely.centroid(nuclei)) / 0.2125
+    blob = blobs[centre[:, 1].astype(int), centre[:, 0].astype(int)]
+    assert ((blob[a] == blob[b]) & (blob[a] > 0)).mean() > 0.9  # 1.0 here (0.96 with Otsu's)
+    # The truth's label masks keep the two apart.
+    masks = zarr.open(ZipStore(bundle.bundle / "cells.zarr.zip", read_only=True), mode="r")["masks/0"][:]
+    assert len(np.unique(masks)) - 1 == len(nuclei)
+
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "never"), "--crowded", "--cells", "9000"])
+    assert result.exit_code == 2 and "50% of them crowded" in result.output
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "never"), "--crowding", "0.8", "--cells", "9000"])
+    assert result.exit_code == 2 and "80% of them crowded" in result.output
+    with pytest.raises(ValueError, match="crowding is a share"):
+        SynthParams(crowding=1.5)
+
+
+def test_default_tissue_is_what_the_seed_always_made():
+    """Without crowding the tissue is what the seed made before the option existed: a digest of a small slide's
+    centres, classes, nuclei and outlines, recorded before issue 29's change. (Whole bundles were compared too.)"""
+    import hashlib
+
+    from xenium_assets.synth import biology
+    from xenium_assets.synth.shapes import build_outlines, touching
+
+    rng = np.random.default_rng(3)
+    side = 1024 * 0.2125
+    xy = biology.place_cells(300, side, side, 8.0, rng)
+    cls = biology.assign_regions(xy, 4, side, side, purity=0.8, rng=rng)
+    pop = biology.draw_morphology(xy, cls, biology.CLASSES[:4], null=False, multinucleate=True, rng=rng)
+    outlines = build_outlines(pop, side, side, 0.2125)
+    digest = hashlib.sha256()
+    for values in (xy, cls, pop.semi_major, pop.brightness, outlines.nucleus_xy, outlines.nucleus_cell):
+        digest.update(np.round(np.asarray(values, dtype=np.float64), 3).tobytes())
+    assert digest.hexdigest()[:16] == "879e1fc1469de3e1"
+    assert not touching(outlines, len(pop), 0.2125).any()

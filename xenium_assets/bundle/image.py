@@ -111,11 +111,25 @@ def series_of(tif: tifffile.TiffFile, ifd: int) -> tifffile.TiffPageSeries:
     return next((s for s in tif.series if s.pages and s.pages[0].index == ifd), tif.series[0])
 
 
+def plane_pages(tif: tifffile.TiffFile, ifd: int) -> list[tifffile.TiffPage]:
+    """The page of IFD ``ifd`` and its reductions (SubIFD pyramid levels), largest first.
+
+    By page, not by series: a multichannel file holds one plane per IFD in a single series of shape
+    (C, Y, X), and its series would read as 3D."""
+    page = tif.pages[ifd]
+    for series in tif.series:
+        where = [i for i, p in enumerate(series.pages) if p is not None and p.index == ifd]
+        if where:
+            found = [level.pages[where[0]] for level in series.levels]
+            return [p if isinstance(p, tifffile.TiffPage) else p.aspage() for p in found]
+    return [page if isinstance(page, tifffile.TiffPage) else page.aspage()]
+
+
 @contextmanager
 def open_plane(file: str | Path, ifd: int = 0, level: int = 0) -> Iterator[zarr.Array]:
     """One pyramid level of a plane as a lazily decoded 2D zarr array: slicing decodes only the
     TIFF tiles it touches (never the whole slide)."""
-    with tifffile.TiffFile(file, is_ome=False) as tif, series_of(tif, ifd).aszarr(level=level) as store:
+    with tifffile.TiffFile(file, is_ome=False) as tif, plane_pages(tif, ifd)[level].aszarr() as store:
         yield zarr.open(store, mode="r")
 
 
@@ -131,7 +145,7 @@ def decode_window(file: str | Path, ifd: int, window: tuple[slice, slice]) -> np
     with tifffile.TiffFile(file, is_ome=False) as tif:
         page = tif.pages[ifd]
         if not page.is_tiled or page.ndim != 2:
-            with series_of(tif, ifd).aszarr(level=0) as store:
+            with plane_pages(tif, ifd)[0].aszarr() as store:
                 return np.asarray(zarr.open(store, mode="r")[rows, cols])
         th, tw = page.tilelength, page.tilewidth
         across = -(-page.imagewidth // tw)

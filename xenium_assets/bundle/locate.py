@@ -72,8 +72,9 @@ def _first(root: Path, *names: str) -> Path | None:
     return next((root / n for n in names if (root / n).exists()), None)
 
 
-def _focus(root: Path) -> tuple[Path, ImageLayout]:
-    """The first focus image file and the image layout, from the files alone."""
+def focus_image(root: Path) -> tuple[Path, ImageLayout]:
+    """The first focus image file and the image layout, from the files alone (a bundle given as a DAPI image
+    needs no more than this: images.source)."""
     folder = root / XeniumFile.MORPHOLOGY_FOCUS_DIR
     if folder.is_dir():
         if (folder / FOCUS_V4_DAPI_NAME).exists():
@@ -131,7 +132,7 @@ def locate_files(root: str | Path) -> BundleFiles:
             "missing (cell-feature matrix; no MTX folder or Zarr either)",
             "copy cell_feature_matrix.h5 or the cell_feature_matrix/ folder",
         )
-    focus, layout = _focus(root)
+    focus, layout = focus_image(root)
     return BundleFiles(
         root=root,
         experiment=_first(root, XeniumFile.EXPERIMENT),

@@ -27,7 +27,7 @@ from xenium_assets.bundle.image import decode_window, open_plane
 from xenium_assets.bundle.manifest import Manifest
 from xenium_assets.layout import ZARR_METADATA, DapiFiles, read_json
 from xenium_assets.parallel import Runner
-from xenium_assets.patches.grid import target_grid
+from xenium_assets.patches.grid import DapiPlane, target_grid
 from xenium_assets.raster import Window, read_window, tile_windows
 
 CHUNK = 512
@@ -240,22 +240,25 @@ def read_description(folder: Path) -> DapiStore:
     return DapiStore(**data)
 
 
-def transcode_dapi(manifest: Manifest, out_dir: Path, pixel_size_um: float, run: Runner) -> DapiStore:
-    """Write ``out_dir/dapi.zarr`` (atomically: a temporary store renamed at the end) and dapi.json."""
+def transcode_dapi(manifest: Manifest | DapiPlane, out_dir: Path, pixel_size_um: float, run: Runner) -> DapiStore:
+    """Write ``out_dir/dapi.zarr`` (atomically: a temporary store renamed at the end) and dapi.json.
+
+    ``manifest`` is a bundle's, or the ``DapiPlane`` of any DAPI image (images.source)."""
     import os
     import shutil
 
     from xenium_assets.atomic import PARTIAL
 
+    plane = DapiPlane.of(manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = target_grid(manifest, pixel_size_um)
+    target = target_grid(plane, pixel_size_um)
     shape, resampled = target.shape, target.resampled
     final = DapiFiles(out_dir).store
     tmp = final.with_name(f".{final.stem}{PARTIAL}{os.getpid()}{final.suffix}")
     create_store(tmp, shape)
-    scale = manifest.pixel_size_um / pixel_size_um if resampled else 1.0
-    source = str(manifest.dapi_path)
-    tasks = [dict(source=source, ifd=manifest.dapi.ifd, store=str(tmp), block=b, scale=scale) for b in blocks(shape)]
+    scale = plane.pixel_size_um / pixel_size_um if resampled else 1.0
+    source = str(plane.file)
+    tasks = [dict(source=source, ifd=plane.ifd, store=str(tmp), block=b, scale=scale) for b in blocks(shape)]
     try:
         hist = np.zeros(65536, dtype=np.int64)
         for block_hist in run(transcode_block, tasks, "transcode DAPI"):
@@ -270,9 +273,9 @@ def transcode_dapi(manifest: Manifest, out_dir: Path, pixel_size_um: float, run:
         path=str(final),
         shape=shape,
         pixel_size_um=target.pixel_size_um,
-        source_pixel_size_um=manifest.pixel_size_um,
-        source_shape=tuple(manifest.dapi.levels[0]),
-        image_origin_um=tuple(manifest.image_origin_um),
+        source_pixel_size_um=plane.pixel_size_um,
+        source_shape=plane.shape,
+        image_origin_um=plane.image_origin_um,
         resampled=resampled,
         percentiles=percentiles_from_histogram(hist),
     )

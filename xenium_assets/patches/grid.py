@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -52,12 +53,33 @@ class TargetGrid:
     resampled: bool
 
 
-def target_grid(manifest: Manifest, pixel_size_um: float) -> TargetGrid:
+@dataclass(frozen=True)
+class DapiPlane:
+    """What the target grid and the DAPI transcode read of a source: the plane (a file and its IFD), its level-0
+    shape, pixel size and origin. A bundle's manifest gives one (``of``); so does any DAPI image (images.source)."""
+
+    file: Path
+    ifd: int
+    shape: tuple[int, int]
+    pixel_size_um: float
+    image_origin_um: tuple[float, float] = (0.0, 0.0)
+
+    @classmethod
+    def of(cls, source: Manifest | DapiPlane) -> DapiPlane:
+        if isinstance(source, DapiPlane):
+            return source
+        height, width = source.dapi.levels[0]
+        origin = tuple(float(v) for v in source.image_origin_um)
+        return cls(source.dapi_path, source.dapi.ifd, (height, width), source.pixel_size_um, origin)  # type: ignore[arg-type]
+
+
+def target_grid(manifest: Manifest | DapiPlane, pixel_size_um: float) -> TargetGrid:
     """The sample's grid at ``pixel_size_um``; the source's own grid if its pixel size is within tolerance."""
-    height, width = manifest.dapi.levels[0]
-    scale = manifest.pixel_size_um / pixel_size_um
+    plane = DapiPlane.of(manifest)
+    height, width = plane.shape
+    scale = plane.pixel_size_um / pixel_size_um
     if abs(scale - 1) <= RESAMPLE_TOLERANCE:
-        return TargetGrid((height, width), manifest.pixel_size_um, False)
+        return TargetGrid((height, width), plane.pixel_size_um, False)
     return TargetGrid((int(round(height * scale)), int(round(width * scale))), pixel_size_um, True)
 
 

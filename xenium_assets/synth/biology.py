@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 
@@ -44,6 +45,22 @@ SHARED_GENES: tuple[str, ...] = ("ACTB", "GAPDH", "B2M", "RPLP0", "UBC", "PPIA",
 
 MIN_AREA_PER_CELL_UM2 = 100.0
 """Below this the lattice spacing (about 10 µm) squeezes nuclei until classes lose their shapes."""
+
+LATTICE_SURPLUS = 1.15
+"""The lattice holds this many sites per cell; the surplus is removed at random (vacancies, as in tissue)."""
+NUCLEUS_REACH = 0.45
+"""A nucleus reaches at most this share of the distance to its nearest neighbour: nuclei never touch."""
+
+# Crowded tissue (``place_crowded_cells``): dense epithelium or a lymphoid aggregate, where nuclei touch.
+CROWDED_SPACING_UM = 6.5
+"""Lattice spacing of the crowded regions, below most nuclei's diameters (about 7 µm in real dense tissue)."""
+CROWDED_JITTER = 0.15
+"""Jitter of a crowded site, as a share of the spacing (0.1 elsewhere)."""
+CROWDED_REACH = 0.9
+"""A crowded nucleus may reach this share of the distance to its nearest neighbour (``NUCLEUS_REACH``
+elsewhere); where it then overlaps a neighbour, both are cut flat where they meet (``shapes.build_outlines``)."""
+CROWDED_REGION_UM = 40.0
+"""Length scale of the map of crowded regions: patches of about 2-5 times this across."""
 
 # Fractions of cells with two nuclei / no nucleus, in releases that allow it (XOA >= 2).
 MULTINUCLEATE_FRACTION = 0.03
@@ -80,18 +97,95 @@ def place_cells(n: int, width_um: float, height_um: float, margin_um: float, rng
             "lower --cells or raise --width/--height"
         )
     # Spacing so that the lattice holds ~15 % more sites than cells; the surplus is removed at random.
-    spacing = np.sqrt(area / (1.15 * n) * 2 / np.sqrt(3))
-    ys = np.arange(margin_um + spacing / 2, height_um - margin_um, spacing * np.sqrt(3) / 2)
-    xs = np.arange(margin_um + spacing / 2, width_um - margin_um, spacing)
-    gx, gy = np.meshgrid(xs, ys)
-    gx = gx + (np.arange(len(ys))[:, None] % 2) * spacing / 2
-    sites = np.column_stack([gx.ravel(), gy.ravel()])
-    sites = sites[(sites[:, 0] < width_um - margin_um) & (sites[:, 1] < height_um - margin_um)]
+    spacing = np.sqrt(area / (LATTICE_SURPLUS * n) * 2 / np.sqrt(3))
+    sites = _hex_lattice(spacing, width_um, height_um, margin_um)
     if len(sites) < n:
         raise ValueError(f"only {len(sites)} lattice sites for {n} cells: lower --cells")
     sites = sites[rng.choice(len(sites), size=n, replace=False)]
     sites += rng.uniform(-0.1, 0.1, size=sites.shape) * spacing
     return sites
+
+
+def _hex_lattice(spacing: float, width_um: float, height_um: float, margin_um: float) -> np.ndarray:
+    """(K, 2) sites of a hexagonal lattice of ``spacing`` inside the margins."""
+    ys = np.arange(margin_um + spacing / 2, height_um - margin_um, spacing * np.sqrt(3) / 2)
+    xs = np.arange(margin_um + spacing / 2, width_um - margin_um, spacing)
+    gx, gy = np.meshgrid(xs, ys)
+    gx = gx + (np.arange(len(ys))[:, None] % 2) * spacing / 2
+    sites = np.column_stack([gx.ravel(), gy.ravel()])
+    return sites[(sites[:, 0] < width_um - margin_um) & (sites[:, 1] < height_um - margin_um)]
+
+
+def _crowded_map(width_um: float, height_um: float, margin_um: float, share: float, rng: np.random.Generator):
+    """A function telling which points lie in the crowded regions: blobs of smoothed noise covering ``share`` of
+    the area inside the margins."""
+    step = CROWDED_REGION_UM / 8
+    shape = (int(np.ceil(height_um / step)) + 1, int(np.ceil(width_um / step)) + 1)
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), CROWDED_REGION_UM / step)
+    gy, gx = (np.arange(k) * step for k in shape)
+    inner_rows = (gy >= margin_um) & (gy <= height_um - margin_um)
+    inner_cols = (gx >= margin_um) & (gx <= width_um - margin_um)
+    threshold = np.quantile(field[np.ix_(inner_rows, inner_cols)], 1 - share) if share < 1 else -np.inf
+
+    def crowded(xy: np.ndarray) -> np.ndarray:
+        rows = np.clip(np.round(xy[:, 1] / step).astype(int), 0, shape[0] - 1)
+        cols = np.clip(np.round(xy[:, 0] / step).astype(int), 0, shape[1] - 1)
+        return field[rows, cols] > threshold
+
+    return crowded
+
+
+def place_crowded_cells(
+    n: int, width_um: float, height_um: float, margin_um: float, crowding: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nucleus centres as ``place_cells`` gives them, but with a share ``crowding`` of the cells packed into
+    crowded regions (patches of a random map) at ``CROWDED_SPACING_UM``, closer than most nuclei's diameters.
+
+    Returns (centres, whether each cell lies in a crowded region). The other cells fill the rest of the slide
+    on a lattice of their own, as ``place_cells`` would spread them over the area the crowd leaves.
+    """
+    if not 0 < crowding <= 1:
+        raise ValueError(f"crowding must be a share of the cells in (0, 1], not {crowding}")
+    area = (width_um - 2 * margin_um) * (height_um - 2 * margin_um)
+    n_crowded = int(round(crowding * n))
+    n_sparse = n - n_crowded
+    site_area = CROWDED_SPACING_UM**2 * np.sqrt(3) / 2
+    crowded_area = LATTICE_SURPLUS * n_crowded * site_area
+    sparse_area = area - crowded_area
+    if area <= 0 or sparse_area < MIN_AREA_PER_CELL_UM2 * n_sparse or sparse_area < 0:
+        max_cells = int(
+            max(area, 0) / (crowding * LATTICE_SURPLUS * site_area + (1 - crowding) * MIN_AREA_PER_CELL_UM2)
+        )
+        raise ValueError(
+            f"{n} cells, {crowding:.0%} of them crowded, do not fit in {width_um:.0f} x {height_um:.0f} µm "
+            f"(at most {max_cells}): lower --cells, raise --width/--height or raise --crowding"
+        )
+    in_crowd = _crowded_map(width_um, height_um, margin_um, min(1.0, crowded_area / area), rng)
+    dense = _hex_lattice(CROWDED_SPACING_UM, width_um, height_um, margin_um)
+    dense = dense[in_crowd(dense)]
+    sparse = np.empty((0, 2))
+    n_crowded = min(n_crowded, len(dense))
+    n_sparse = n - n_crowded
+    spacing = max(np.sqrt(sparse_area / (LATTICE_SURPLUS * max(n_sparse, 1)) * 2 / np.sqrt(3)), CROWDED_SPACING_UM)
+    # Tighten the sparse lattice until it holds its cells besides the strip along the crowd's edge it leaves.
+    while n_sparse:
+        sparse = _hex_lattice(spacing, width_um, height_um, margin_um)
+        sparse = sparse[~in_crowd(sparse)]
+        if len(dense):
+            # No sparse site right against the crowd's edge: the two lattices do not interleave.
+            gap = cKDTree(dense).query(sparse)[0]
+            sparse = sparse[gap > (spacing + CROWDED_SPACING_UM) / 2]
+        if len(sparse) >= LATTICE_SURPLUS * n_sparse or spacing <= CROWDED_SPACING_UM:
+            break
+        spacing = max(spacing * 0.95, CROWDED_SPACING_UM)
+    sparse = sparse + rng.uniform(-0.1, 0.1, size=sparse.shape) * spacing
+    if len(sparse) < n_sparse:
+        raise ValueError(f"only {len(dense) + len(sparse)} lattice sites for {n} cells: lower --cells")
+    dense = dense[rng.choice(len(dense), size=n_crowded, replace=False)]
+    dense = dense + rng.uniform(-CROWDED_JITTER, CROWDED_JITTER, size=dense.shape) * CROWDED_SPACING_UM
+    sparse = sparse[rng.choice(len(sparse), size=n_sparse, replace=False)]
+    order = rng.permutation(n)
+    return np.concatenate([dense, sparse])[order], (np.arange(n) < n_crowded)[order]
 
 
 def assign_regions(
@@ -138,11 +232,14 @@ def draw_morphology(
     multinucleate: bool,
     rng: np.random.Generator,
     morph_cls: np.ndarray | None = None,
+    crowded: np.ndarray | None = None,
 ) -> Population:
     """Nuclear shape and staining per cell, scaled down where neighbours are too close to fit it.
 
     ``morph_cls`` (e.g. from ``independent_regions``) sets the class each nucleus looks like; by default it is
-    the cell's own class, or with ``null`` a random class drawn cell by cell.
+    the cell's own class, or with ``null`` a random class drawn cell by cell. Single nuclei of ``crowded`` cells
+    (from ``place_crowded_cells``) may reach ``CROWDED_REACH`` of the way to their nearest neighbour, far enough
+    to overlap it before ``shapes.build_outlines`` cuts both flat where they meet.
     """
     n = len(cls)
     if morph_cls is None:
@@ -171,7 +268,8 @@ def draw_morphology(
     extent = semi_major * (1 + np.abs(harmonics[:, 0]) + harmonics[:, 2])
     extent = np.where(n_nuclei == 2, extent * 1.45, extent)
     nn_dist = cKDTree(xy_um).query(xy_um, k=2)[0][:, 1]
-    shrink = np.minimum(1.0, 0.45 * nn_dist / extent)
+    reach = NUCLEUS_REACH if crowded is None else np.where(crowded & (n_nuclei == 1), CROWDED_REACH, NUCLEUS_REACH)
+    shrink = np.minimum(1.0, reach * nn_dist / extent)
     semi_major = semi_major * shrink
     return Population(
         xy_um=xy_um,

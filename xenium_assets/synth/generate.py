@@ -38,7 +38,7 @@ from xenium_assets.synth import biology, render, tables
 from xenium_assets.synth.cells_zarr import CellsZarrWriter
 from xenium_assets.synth.ome_tiff import CODECS, ChannelFile, channel_files, ome_xml, write_pyramid
 from xenium_assets.synth.profiles import PROFILES, XoaProfile
-from xenium_assets.synth.shapes import Outlines, build_outlines, polygons_from_rings
+from xenium_assets.synth.shapes import Outlines, build_outlines, polygons_from_rings, touching
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -52,6 +52,10 @@ TRANSCRIPT_CHUNK_CELLS = 20_000
 FOV_PX = 4096
 REGION_PURITY = 0.8
 """Share of cells that take their region's class; the rest are mixed in at random."""
+CROWDED_SHARE = 0.5
+"""``xenium-assets synth --crowded``'s share of the cells in crowded regions."""
+TOUCH_PX = 1.0
+"""The truth's ``touching``: a nucleus polygon within this many pixels of another cell's nucleus."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class SynthParams:
     expression_shift: float = 0.0
     """A batch effect of this sample's own: SD of the log factor on each non-marker gene's baseline (and half of
     it on the depth); see ``biology.shift_panel``. 0: none."""
+    crowding: float = 0.0
+    """Share of the cells packed into crowded regions, where nuclei touch as in dense epithelium or lymphoid
+    tissue (``biology.place_crowded_cells``). 0: none, and the bundle is what the same seed always made."""
 
     def __post_init__(self) -> None:
         if self.version not in PROFILES:
@@ -91,6 +98,8 @@ class SynthParams:
             raise ValueError("expression_shift must be 0 (none) or positive")
         if self.null and self.null_regions:
             raise ValueError("null and null_regions are two different negative controls: choose one")
+        if not 0 <= self.crowding <= 1:
+            raise ValueError(f"crowding is a share of the cells, from 0 to 1, not {self.crowding}")
 
 
 @dataclass(frozen=True)
@@ -348,7 +357,13 @@ def generate_bundle(
     classes = biology.CLASSES[: params.n_classes]
 
     progress("tissue", 0, 1)
-    xy = biology.place_cells(params.n_cells, width_um, height_um, EDGE_MARGIN_UM, rng)
+    crowded = None
+    if params.crowding > 0:
+        xy, crowded = biology.place_crowded_cells(
+            params.n_cells, width_um, height_um, EDGE_MARGIN_UM, params.crowding, rng
+        )
+    else:
+        xy = biology.place_cells(params.n_cells, width_um, height_um, EDGE_MARGIN_UM, rng)
     cls = biology.assign_regions(xy, params.n_classes, width_um, height_um, purity=REGION_PURITY, rng=rng)
     # Drawn only when asked for, so that other bundles stay what the same seed always made.
     morph_cls = (
@@ -357,9 +372,16 @@ def generate_bundle(
         else None
     )
     pop = biology.draw_morphology(
-        xy, cls, classes, null=params.null, multinucleate=profile.multinucleate, rng=rng, morph_cls=morph_cls
+        xy,
+        cls,
+        classes,
+        null=params.null,
+        multinucleate=profile.multinucleate,
+        rng=rng,
+        morph_cls=morph_cls,
+        crowded=crowded,
     )
-    outlines = build_outlines(pop, width_um, height_um, params.pixel_size)
+    outlines = build_outlines(pop, width_um, height_um, params.pixel_size, crowded=crowded)
     ids = _cell_ids(params.n_cells, profile, rng)
     panel = biology.build_panel(classes, rng)
     # A stream of its own, so that bundles without a shift stay what the same seed always made.
@@ -487,6 +509,8 @@ def generate_bundle(
                 "y_um": pa.array(pop.xy_um[:, 1]),
                 "n_nuclei": pa.array(pop.n_nuclei.astype(np.int32)),
                 "qc_flag": pa.array(qc_flag.tolist(), pa.string()),
+                "crowded": pa.array(np.zeros(len(ids), dtype=bool) if crowded is None else crowded),
+                "touching": pa.array(touching(outlines, len(ids), TOUCH_PX * params.pixel_size)),
             }
         )
         with atomic_file(truth_table) as tmp:
@@ -504,6 +528,8 @@ def generate_bundle(
                 "n_transcripts": writer.rows,
                 "null": params.null,
                 "null_regions": params.null_regions,
+                "crowding": params.crowding,
+                "touching_within_px": TOUCH_PX,
                 "expression_depth": panel.depth,
                 "gene_feature_type": FeatureType.GENE.value,
             },

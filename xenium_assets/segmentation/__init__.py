@@ -1,0 +1,1 @@
+"""Nucleus segmentation from DAPI alone: a classical baseline, object-level quality against reference nuclei."""
