@@ -109,7 +109,7 @@ def test_demo_end_to_end(project):
     for key in ("demo_a", "demo_b"):
         assert f"{key} cell_labels:" in result.stdout
         assert len(list((project / "samples" / key / "cell_labels").glob("*.parquet"))) == 1
-        assert f"{key} patch_shards:" in result.stdout
+        assert f"{key} patch_shards: {project / 'samples' / key / 'patch_shards'}\n" in result.stdout  # the sample's
         assert len(list((project / "samples" / key / "patch_shards").glob("*/index.parquet"))) == 64
     assert "all samples trained_model:" in result.stdout and "all samples evaluation_report:" in result.stdout
     assert "all samples check beats_chance:" in result.stdout

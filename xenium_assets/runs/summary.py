@@ -14,14 +14,18 @@ def summarise(result, label: str) -> list[str]:
     broken = [e for e in failures if e.step_key not in check_steps]
     if broken:
         raise RuntimeError(f"{label}: {broken[0].step_key} failed: {broken[0].step_failure_data.error.message}")
-    lines, seen = [], set()
+    # A partitioned asset's run materializes many partitions: its sample-level folder, where given, says more
+    # than the first partition's.
+    paths: dict[str, str] = {}
     for event in result.get_asset_materialization_events():
         mat = event.materialization
         name = mat.asset_key.to_user_string()
-        if name not in seen:
-            seen.add(name)
-            path = mat.metadata["path"].value if "path" in mat.metadata else ""
-            lines.append(f"{label} {name}: {path}")
+        for key in ("sample_path", "path"):
+            if key in mat.metadata and (key == "sample_path" or name not in paths):
+                paths[name] = mat.metadata[key].value
+                break
+        paths.setdefault(name, "")
+    lines = [f"{label} {name}: {path}" for name, path in paths.items()]
     for check in checks:
         lines.append(f"{label} check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
     return lines
