@@ -52,11 +52,9 @@ class BundleNuclei:
         if not win.inside(height, width):
             raise ValueError(f"window {win} leaves the {height} x {width} image")
         image = decode_window(self.report.dapi.file, self.report.dapi.ifd, win.slices)
-        burnt = self.raster.window(win, dtype=np.uint32)
-        values, inverse = np.unique(burnt, return_inverse=True)
-        labels = inverse.reshape(burnt.shape).astype(np.int32)
-        if values[0] != 0:
-            labels += 1
+        from skimage.segmentation import relabel_sequential
+
+        labels = relabel_sequential(self.raster.window(win, dtype=np.uint32))[0].astype(np.int32)
         return NucleusImage(image, labels, self.diameter_px, self.report.pixel_size_um, win)
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from xenium_assets.segmentation.pixels import normalise
+
 
 @dataclass(frozen=True)
 class ClassicalParams:
@@ -46,11 +48,9 @@ def segment_nuclei(image: np.ndarray, diameter_px: float, params: ClassicalParam
         raise ValueError(f"a 2-D DAPI image is needed, not shape {image.shape}")
     if not diameter_px > 0:
         raise ValueError(f"the nucleus diameter must be positive pixels, not {diameter_px}")
-    pixels = image.astype(np.float32)
-    low, high = np.percentile(pixels, [params.low_percentile, params.high_percentile])
-    if high - low <= 0:
+    scaled = normalise(image, params.low_percentile, params.high_percentile)
+    if not scaled.any():  # no contrast
         return np.zeros(image.shape, dtype=np.int32)
-    scaled = np.clip((pixels - low) / (high - low), 0, 1)
     smooth = ndi.gaussian_filter(scaled, max(params.smooth * diameter_px, 0.5))
     foreground = smooth > foreground_threshold(smooth)
     foreground = ndi.binary_fill_holes(ndi.binary_opening(foreground, iterations=1))

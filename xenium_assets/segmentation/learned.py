@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from xenium_assets.layout import SegmenterFiles
 from xenium_assets.progress import Progress, no_progress
 from xenium_assets.raster import Window, tile_windows
+from xenium_assets.segmentation.pixels import normalise, resize_image, resize_labels
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 CLASSES = ("background", "interior", "boundary")
@@ -89,36 +90,6 @@ class AssemblyParams:
 # ---------------------------------------------------------------------------------------------- pixels and scale
 
 
-def normalise(image: np.ndarray, low: float = 1.0, high: float = 99.8, max_samples: int = 4_000_000) -> np.ndarray:
-    """float32 in [0, 1] between the image's ``low`` and ``high`` percentiles (of a strided sample of a large
-    image); an image without contrast is all zeros."""
-    pixels = np.asarray(image, dtype=np.float32)
-    step = max(1, int(math.ceil(math.sqrt(pixels.size / max_samples))))
-    lo, hi = np.percentile(pixels[::step, ::step], [low, high])
-    if hi - lo <= 0:
-        return np.zeros(pixels.shape, dtype=np.float32)
-    return np.clip((pixels - lo) / (hi - lo), 0, 1).astype(np.float32)
-
-
-def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resampling to ``shape`` (anti-aliased when shrinking), float32."""
-    from skimage.transform import resize
-
-    if tuple(image.shape) == tuple(shape):
-        return image.astype(np.float32, copy=False)
-    shrink = shape[0] < image.shape[0] or shape[1] < image.shape[1]
-    return resize(image, shape, order=1, anti_aliasing=shrink, preserve_range=True).astype(np.float32)
-
-
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resampling of a label image to ``shape`` (pixel centres mapped onto pixel centres)."""
-    if tuple(labels.shape) == tuple(shape):
-        return labels
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.int64), labels.shape[0] - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.int64), labels.shape[1] - 1)
-    return labels[np.ix_(rows, cols)]
-
-
 def network_shape(shape: tuple[int, int], diameter_px: float, config: SegmenterConfig) -> tuple[int, int]:
     """The image's shape at the network's scale."""
     factor = config.diameter_px / diameter_px
@@ -163,7 +134,7 @@ def targets(labels: np.ndarray, boundary_px: int = 2) -> np.ndarray:
 def assemble(probabilities: np.ndarray, diameter_px: float, params: AssemblyParams = AssemblyParams()) -> np.ndarray:
     """Instance labels (int32) from (3, H, W) class probabilities at an image's own scale: connected interiors are
     the markers, interior + boundary the foreground, and a watershed on the interior probability splits it."""
-    from skimage.segmentation import watershed
+    from skimage.segmentation import relabel_sequential, watershed
 
     area = math.pi * (diameter_px / 2) ** 2
     interior = probabilities[INTERIOR] > params.marker_threshold
@@ -178,13 +149,7 @@ def assemble(probabilities: np.ndarray, diameter_px: float, params: AssemblyPara
     tiny = np.bincount(labels.ravel()) < params.min_area * area
     tiny[0] = False
     labels[tiny[labels]] = 0
-    return _renumber(labels)
-
-
-def _renumber(labels: np.ndarray) -> np.ndarray:
-    values, inverse = np.unique(labels, return_inverse=True)
-    inverse = inverse.reshape(labels.shape).astype(np.int32)
-    return inverse if values[0] == 0 else inverse + 1
+    return relabel_sequential(labels)[0].astype(np.int32)
 
 
 def _centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -45,35 +45,47 @@ class Matching:
         return float(self.ious.mean()) if len(self.ious) else float("nan")
 
 
-def _compact(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Labels renumbered 1..n (0 stays background), and n."""
-    values, inverse = np.unique(labels, return_inverse=True)
-    inverse = inverse.reshape(labels.shape)
-    if values[0] == 0:
-        return inverse, len(values) - 1
-    return inverse + 1, len(values)
+@dataclass(frozen=True)
+class Overlaps:
+    """Every pair of overlapping objects of two label images: their labels (the images' own) and IoU."""
+
+    truth: np.ndarray
+    pred: np.ndarray
+    iou: np.ndarray
+    n_true: int
+    n_pred: int
 
 
-def match(truth: np.ndarray, pred: np.ndarray, threshold: float = MATCH_IOU) -> Matching:
-    """Match the objects of two label images of the same shape (0: background) at IoU >= ``threshold``."""
-    if truth.shape != pred.shape:
-        raise ValueError(f"label images differ in shape: {truth.shape} and {pred.shape}")
-    t, n_t = _compact(np.asarray(truth))
-    p, n_p = _compact(np.asarray(pred))
+def overlaps(truth: np.ndarray, pred: np.ndarray) -> Overlaps:
+    """The overlapping object pairs of two label images of the same shape (0: background), from one table of
+    overlap counts."""
+    from skimage.segmentation import relabel_sequential
+
+    if np.shape(truth) != np.shape(pred):
+        raise ValueError(f"label images differ in shape: {np.shape(truth)} and {np.shape(pred)}")
+    t, _, t_labels = relabel_sequential(np.asarray(truth))
+    p, _, p_labels = relabel_sequential(np.asarray(pred))
+    n_t, n_p = int(t.max(initial=0)), int(p.max(initial=0))
     area_t = np.bincount(t.ravel(), minlength=n_t + 1)
     area_p = np.bincount(p.ravel(), minlength=n_p + 1)
     both = (t > 0) & (p > 0)
     pairs, inter = np.unique(t[both].astype(np.int64) * (n_p + 1) + p[both], return_counts=True)
     ti, pi = pairs // (n_p + 1), pairs % (n_p + 1)
     iou = inter / (area_t[ti] + area_p[pi] - inter)
-    keep = iou >= threshold
-    ti, pi, iou = ti[keep], pi[keep], iou[keep]
+    return Overlaps(np.asarray(t_labels[ti]), np.asarray(p_labels[pi]), iou, n_t, n_p)
+
+
+def match(truth: np.ndarray, pred: np.ndarray, threshold: float = MATCH_IOU) -> Matching:
+    """Match the objects of two label images of the same shape (0: background) at IoU >= ``threshold``."""
+    found = overlaps(truth, pred)
+    keep = found.iou >= threshold
+    ti, pi, iou = found.truth[keep], found.pred[keep], found.iou[keep]
     order = np.argsort(-iou, kind="stable")
     ti, pi, iou = ti[order], pi[order], iou[order]
     first_t = np.unique(ti, return_index=True)[1]
     first_p = np.unique(pi, return_index=True)[1]
     chosen = np.intersect1d(first_t, first_p)
-    return Matching(n_true=n_t, n_pred=n_p, ious=iou[chosen])
+    return Matching(n_true=found.n_true, n_pred=found.n_pred, ious=iou[chosen])
 
 
 @dataclass(frozen=True)

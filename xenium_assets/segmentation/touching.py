@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from xenium_assets.segmentation.metrics import MATCH_IOU
+from xenium_assets.segmentation.metrics import MATCH_IOU, overlaps
 
 
 def touching_ids(labels: np.ndarray) -> np.ndarray:
@@ -22,18 +22,8 @@ def touching_ids(labels: np.ndarray) -> np.ndarray:
 
 def touching_recall(truth: np.ndarray, pred: np.ndarray, threshold: float = MATCH_IOU) -> tuple[int, int]:
     """(touching reference nuclei, how many of them a predicted object matches at IoU >= ``threshold``)."""
-    truth, pred = np.asarray(truth), np.asarray(pred)
     ids = touching_ids(truth)
     if not len(ids):
         return 0, 0
-    both = (truth > 0) & (pred > 0)
-    pairs, inter = (
-        np.unique(np.column_stack([truth[both], pred[both]]).astype(np.int64), axis=0, return_counts=True)
-        if both.any()
-        else (np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
-    )
-    area_t = np.bincount(truth.ravel().astype(np.int64))
-    area_p = np.bincount(pred.ravel().astype(np.int64))
-    iou = inter / (area_t[pairs[:, 0]] + area_p[pairs[:, 1]] - inter) if len(pairs) else np.zeros(0)
-    found = np.unique(pairs[iou >= threshold, 0]) if len(pairs) else np.zeros(0, np.int64)
-    return len(ids), int(np.isin(ids, found).sum())
+    found = overlaps(truth, pred)
+    return len(ids), int(np.isin(ids, found.truth[found.iou >= threshold]).sum())
