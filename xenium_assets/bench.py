@@ -659,3 +659,252 @@ def bench_segmentation(
     figures["evaluate_seconds"] = round(time.perf_counter() - start, 1)
     figures["tuning_images"] = ",".join(r.image_id for r in tuning) or "none"
     return figures
+
+
+# ---------------------------------------------------------------------------------------------- bench predict
+
+
+def _sample_shards(bundle: Path, root: Path, sample: str) -> Path:
+    """A bundle through the patch pipeline (manifest, DAPI store, tile geometry, every tile's shards), in this
+    process: what training reads. Returns the shards folder."""
+    from xenium_assets.bundle.manifest import write_manifest
+    from xenium_assets.bundle.polygons import ProblemKind, read_cell_problems
+    from xenium_assets.bundle.validate import inspect_bundle
+    from xenium_assets.parallel import thread_runner
+    from xenium_assets.patches.dapi_store import transcode_dapi
+    from xenium_assets.patches.extract import extract_tile, tile_tasks
+    from xenium_assets.patches.geometry import split_by_tile
+    from xenium_assets.patches.grid import TILE_KEYS, PatchSpec
+
+    spec = PatchSpec()
+    manifest = write_manifest(inspect_bundle(bundle), sample, root / "raw")
+    store = transcode_dapi(manifest, root / "dapi", spec.pixel_size_um, thread_runner(2))
+    split_by_tile(manifest, spec, root / "geometry")
+    problems = read_cell_problems(manifest.cell_problems, ProblemKind.INVALID)
+    for task in tile_tasks(sample, store, root / "geometry", problems, list(TILE_KEYS), root / "shards", spec):
+        extract_tile(task)
+    return root / "shards"
+
+
+def _predict_classifier(cache: Path, n_cells: int, size: int, epochs: int) -> Path:
+    """A small DAPI-only classifier (the default representation, dapi_nucleus_ring) trained once on two small
+    synthetic bundles' true classes and kept in ``cache``: the benchmark measures prediction, not the model."""
+    import pandas as pd
+
+    from xenium_assets.labels.store import usable_labels
+    from xenium_assets.layout import ModelFiles
+    from xenium_assets.synth import truth_labels
+    from xenium_assets.training.run import train_model
+    from xenium_assets.training.train import TrainConfig
+
+    folder = cache / f"predict_classifier_{size}px_{n_cells}cells_{epochs}epochs"
+    if ModelFiles(folder).card.exists():
+        return folder
+    bundles = {
+        name: _bench_bundle(cache, f"predict_train_{size}px_{n_cells}cells_{name}", n_cells, size, seed=seed)
+        for name, seed in (("a", 41), ("b", 42))
+    }
+    work = Path(tempfile.mkdtemp(prefix="xa-bench-classifier-", dir=cache))
+    try:
+        shards = {name: _sample_shards(bundle, work / name, name) for name, bundle in bundles.items()}
+        labels = usable_labels(pd.concat([truth_labels(bundle, name) for name, bundle in bundles.items()]))
+        train = TrainConfig(max_epochs=epochs, patience=epochs)
+        train_model(shards, labels, "truth-1", work / "model", train=train, report=lambda _: None)
+        if folder.exists():
+            shutil.rmtree(folder)
+        (work / "model").rename(folder)  # whole or not at all: the card is what marks it cached
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return folder
+
+
+def _predict_segmenter(cache: Path, kind: str, steps: int | None):
+    """The segmenter the benchmark predicts with, and its training seconds (0 when cached or classical). The
+    nucleus diameter is the synthetic nuclei's median (as ``nucleus_segmenter`` records its training nuclei's);
+    the learned one is trained once, as ``bench segmentation`` trains it but on synthetic DAPI alone (the crowded
+    2048² bundle's top three quarters; its bottom quarter validates), and kept in ``cache``."""
+    from xenium_assets.prediction.tiles import SegmenterChoice
+    from xenium_assets.raster import Window
+    from xenium_assets.segmentation.bundle_nuclei import read_bundle_nuclei
+    from xenium_assets.segmentation.learned import SegmenterConfig, train_segmenter
+
+    bundle = _bench_bundle(cache, "seg_train_2048px_1500cells_crowded", 1500, 2048, seed=31, crowding=0.5)
+    nuclei = read_bundle_nuclei(bundle)
+    diameter_um = nuclei.diameter_px * nuclei.report.pixel_size_um
+    if kind == "classical":
+        return SegmenterChoice("classical", "classical", diameter_um), 0.0
+    config = SegmenterConfig() if steps is None else SegmenterConfig(steps=steps)
+    files = SegmenterFiles(cache / f"predict_segmenter_{config.steps}steps")
+    seconds = 0.0
+    if not files.card.exists():  # written last: a checkpoint without a card is an interrupted training
+        height, width = nuclei.shape
+        split = height * 3 // 4
+        pair = nuclei.window(Window(0, 0, split, width))
+        val = nuclei.window(Window(split, 0, height - split, width))
+        fit = train_segmenter(
+            [(pair.image, pair.labels, pair.diameter_px)],
+            config,
+            files.folder,
+            val_pairs=[(val.image, val.labels, val.diameter_px)],
+            progress=TqdmProgress(),
+            description={"bench": "predict", "nucleus_diameter_um": diameter_um},
+        )
+        seconds = fit.seconds
+    return SegmenterChoice("learned", files.folder.name, diameter_um, str(files.checkpoint)), seconds
+
+
+def _predict_warm_up(threads: int) -> dict:
+    """Run on each worker before the timed prediction: torch's threads set to the worker's (torch otherwise takes
+    every core in each worker process; dask's workers also start with OMP_NUM_THREADS=1), and the task code and
+    torch imported, as ``extract.warm_up`` loads the patch code. The models load inside the timed run."""
+    start = time.perf_counter()
+    import torch
+
+    import xenium_assets.prediction.tiles  # noqa: F401
+    import xenium_assets.segmentation.learned  # noqa: F401
+    import xenium_assets.training.model  # noqa: F401
+
+    torch.set_num_threads(threads)
+    return {
+        "seconds": time.perf_counter() - start,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def _inference_device(model_dir: str, checkpoint: str | None) -> str:
+    """Where the worker's loaded (cached) networks ran: the device of their parameters."""
+    from xenium_assets.prediction import tiles
+
+    devices = {str(next(tiles._classifier(model_dir).module.parameters()).device)}
+    if checkpoint is not None:
+        devices.add(str(tiles._learned(checkpoint).module.device))
+    return ",".join(sorted(devices))
+
+
+class _StageClock:
+    """A progress callback that also keeps the time of each stage's last report."""
+
+    def __init__(self, progress) -> None:
+        self.progress = progress
+        self.last: dict[str, float] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        self.progress(stage, done, total)
+        self.last[stage] = time.perf_counter()
+
+
+_PREDICT_STAGES = {
+    "transcode DAPI": "image_store",
+    "segment and classify": "tiles",
+    "label image": "label_image",
+    "spatialdata": "pyramid_and_table",
+}
+"""predict_image's progress stages, by the name of the wall-clock part each one's last report closes."""
+
+
+def _predict(bundle: Path, out: Path, classifier: Path, choice, workers: int, tile_px: int) -> dict:
+    """``predict_image`` of the bundle's DAPI on a fresh local cluster of ``workers`` x 1 thread; the prediction,
+    each worker's peak memory, and the wall seconds of its parts."""
+    from xenium_assets.images.source import open_image
+    from xenium_assets.parallel import dask_client, dask_runner
+    from xenium_assets.prediction.run import PredictOptions, predict_image
+
+    source = open_image(bundle)
+    with dask_client(n_workers=workers, threads_per_worker=1) as client:
+        warm = client.run(_predict_warm_up, 1)
+        clock = _StageClock(TqdmProgress())
+        t0 = time.perf_counter()
+        with _PeakRss() as memory:
+            prediction = predict_image(
+                source,
+                out,
+                classifier,
+                "bench",
+                choice,
+                dask_runner(client, clock),
+                PredictOptions(tile_px=tile_px),
+                clock,
+            )
+        end = time.perf_counter()
+        devices = set(client.run(_inference_device, str(classifier), choice.checkpoint).values())
+    parts, previous = {}, t0
+    for stage, at in sorted(clock.last.items(), key=lambda kv: kv[1]):
+        if stage in _PREDICT_STAGES:
+            parts[_PREDICT_STAGES[stage]] = at - previous
+            previous = at
+    parts["spatialdata_and_overview"] = end - previous
+    return {
+        "prediction": prediction,
+        "warmup_seconds": max(w["seconds"] for w in warm.values()),
+        "torch_threads_per_worker": sorted({w["torch_threads"] for w in warm.values()}),
+        "cuda": any(w["cuda"] for w in warm.values()),
+        "inference_device": ",".join(sorted(devices)),
+        "parts": parts,
+        "peak_worker_rss_mb": memory.max_mb,
+    }
+
+
+def bench_predict(
+    *,
+    n_cells: int,
+    size: int,
+    small_cells: int,
+    small_size: int,
+    workers: int,
+    segmenter: str,
+    model: Path | None,
+    cache: Path,
+    tile_px: int = 2048,
+    segmenter_steps: int | None = None,
+    train_cells: int = 1500,
+    train_size: int = 2048,
+    train_epochs: int = 4,
+) -> dict:
+    """Segment and classify every nucleus of a large synthetic DAPI image (a bundle's morphology image, read as
+    any image is) with ``predict_image`` on ``workers`` dask workers x 1 thread: seconds, stage seconds, nuclei a
+    second, each worker's peak memory; and the peak memory on a smaller image. The classifier is ``model`` or a
+    small one trained once on synthetic bundles; the segmenter ``learned`` (trained once) or ``classical``."""
+    if segmenter not in ("learned", "classical"):
+        raise ValueError(f"segmenter is learned or classical, not {segmenter!r}")
+    cache.mkdir(parents=True, exist_ok=True)
+    big = _bench_bundle(cache, f"bench_{size}px_{n_cells}cells", n_cells, size, seed=21)
+    small = _bench_bundle(cache, f"bench_{small_size}px_{small_cells}cells", small_cells, small_size, seed=22)
+    classifier = model if model is not None else _predict_classifier(cache, train_cells, train_size, train_epochs)
+    choice, segmenter_train_seconds = _predict_segmenter(cache, segmenter, segmenter_steps)
+    work = Path(tempfile.mkdtemp(prefix="xa-bench-predict-", dir=cache))
+    try:
+        ours = _predict(big, work / "big", classifier, choice, workers, tile_px)
+        shutil.rmtree(work / "big")
+        small_run = _predict(small, work / "small", classifier, choice, workers, tile_px)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    p = ours["prediction"]
+    return {
+        "nuclei": p.nuclei,
+        "image_px": f"{p.image_px[0]}x{p.image_px[1]}",
+        "true_nuclei": n_cells,
+        "segmenter": choice.kind,
+        "segmenter_version": choice.version,
+        "nucleus_diameter_um": round(choice.nucleus_diameter_um, 2),
+        "classifier": str(classifier),
+        "workers": workers,
+        "threads_per_worker": 1,
+        "torch_threads_per_worker": ours["torch_threads_per_worker"],
+        "cuda_available": ours["cuda"],
+        "inference_device": ours["inference_device"],
+        "tile_px": tile_px,
+        "warmup_seconds": round(ours["warmup_seconds"], 1),
+        "segmentation_seconds": round(p.segmentation_seconds, 1),
+        "classification_seconds": round(p.classification_seconds, 1),
+        "seconds": round(p.seconds, 1),
+        "goal_seconds": 600,
+        "nuclei_per_second": round(p.nuclei_per_second, 1),
+        **{f"{k}_seconds": round(v, 1) for k, v in ours["parts"].items()},
+        "peak_worker_rss_mb": round(ours["peak_worker_rss_mb"]),
+        f"peak_worker_rss_mb_{small_size}px": round(small_run["peak_worker_rss_mb"]),
+        "goal_peak_worker_rss_mb": 2048,
+        f"nuclei_{small_size}px": small_run["prediction"].nuclei,
+        f"seconds_{small_size}px": round(small_run["prediction"].seconds, 1),
+        "segmenter_train_seconds": round(segmenter_train_seconds, 1),
+    }

@@ -14,6 +14,7 @@ from xenium_assets.defs.dapi_zarr import dapi_zarr
 from xenium_assets.defs.evaluation_report import beats_chance, evaluation_report
 from xenium_assets.defs.jobs import JOBS, patch_shards_job
 from xenium_assets.defs.label_reference import label_reference
+from xenium_assets.defs.nucleus_segmenter import nucleus_segmenter
 from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.raw_bundle import raw_bundle
@@ -41,6 +42,7 @@ def build_definitions(data_dir: Path) -> Definitions:
             patch_shards,
             trained_model,
             evaluation_report,
+            nucleus_segmenter,
         ],
         asset_checks=[qc_pass_fraction, label_classes_above_minimum, shards_match_index, beats_chance],
         sensors=[landing_sensor, automation_sensor],

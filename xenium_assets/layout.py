@@ -15,6 +15,11 @@ data/
   models/<run id>/          best.ckpt, model.json, split.parquet, history.csv, shards.txt;
                             latest.json names the newest                               ModelFiles
   reports/<run id>/         report.html, report.md, metrics.json, predictions.parquet, figures  ReportFiles
+  segmenters/<run id>/      segmenter.ckpt, segmenter.json, history.csv, per_image.csv;
+                            latest.json names the newest                               SegmenterFiles
+  images/<key>/             image.json: a DAPI-only image added with add-image (its path, pixel size, channel)
+  predictions/<key>/        nuclei.parquet, labels.zarr, spatialdata.zarr, overview.png,
+                            prediction.json, dapi/                                     PredictionFiles
   landing/                  new Xenium folders for the landing sensor
   demo/                     synthetic bundles made by `xenium-assets demo`
 """
@@ -31,6 +36,8 @@ DATA_ENV = "XENIUM_ASSETS_DATA"
 DAGSTER_CONFIG = "dagster.yaml"
 """The Dagster instance's configuration: the repository's copy is installed into dagster_home."""
 SAMPLE_ENTRY = "sample.json"
+IMAGE_ENTRY = "image.json"
+"""The record of an added DAPI-only image in ``images/<key>/``: its path, pixel size and channel."""
 """The registry's record of a sample in ``samples/<key>/``: which bundle, per-sample overrides."""
 BENCH_VIEW_SCREENSHOT = "bench_view_first_view.png"
 """``bench view``'s first view, kept in the benchmark's cache to look at."""
@@ -288,11 +295,58 @@ class SegmenterFiles:
 
     @property
     def per_image(self) -> Path:
-        """Per-image figures of its evaluation on held-out reference images."""
+        """Per-image figures of its evaluation: held-out reference images (the benchmark), or test windows of the
+        Xenium samples (nucleus_segmenter)."""
         return self.folder / "per_image.csv"
 
     def read_card(self) -> dict:
         return read_json(self.card)
+
+
+@dataclass(frozen=True)
+class PredictionFiles:
+    """A DAPI-only image's nuclei and predicted classes (``xenium-assets predict``'s OUT, or an image's
+    ``cell_predictions`` folder)."""
+
+    folder: Path
+
+    @property
+    def nuclei(self) -> Path:
+        """GeoParquet: one row per nucleus, its polygon in µm, its class probabilities."""
+        return self.folder / "nuclei.parquet"
+
+    @property
+    def labels(self) -> Path:
+        """The nuclei as a label image (nucleus_id), an OME-NGFF multiscale zarr."""
+        return self.folder / "labels.zarr"
+
+    @property
+    def spatialdata(self) -> Path:
+        return self.folder / "spatialdata.zarr"
+
+    @property
+    def overview(self) -> Path:
+        return self.folder / "overview.png"
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / "prediction.json"
+
+    @property
+    def dapi(self) -> Path:
+        """The image as a DAPI store at the model's pixel size (as dapi_zarr writes a bundle's)."""
+        return self.folder / "dapi"
+
+    @property
+    def parts(self) -> Path:
+        """Each tile's nuclei while the prediction runs."""
+        return self.folder / ".parts"
+
+    def part(self, number: int) -> Path:
+        return self.parts / f"tile-{number:05d}.parquet"
+
+    def read_summary(self) -> dict:
+        return read_json(self.summary)
 
 
 @dataclass(frozen=True)
@@ -425,3 +479,32 @@ class ProjectPaths:
 
     def report(self, model: str) -> ReportFiles:
         return ReportFiles(self.report_dir(model))
+
+    @property
+    def images_dir(self) -> Path:
+        """DAPI-only images added with ``add-image``: one folder per image key."""
+        return self.data_dir / "images"
+
+    def image_entry(self, key: str) -> Path:
+        return self.images_dir / key / IMAGE_ENTRY
+
+    def predictions(self, key: str) -> PredictionFiles:
+        """The nuclei and classes ``cell_predictions`` found in the image ``key``."""
+        return PredictionFiles(self.data_dir / "predictions" / key)
+
+    @property
+    def segmenters_dir(self) -> Path:
+        return self.data_dir / "segmenters"
+
+    def segmenter(self, run_id: str) -> SegmenterFiles:
+        """A nucleus segmenter trained by nucleus_segmenter, by its MLflow run."""
+        return SegmenterFiles(self.segmenters_dir / run_id)
+
+    @property
+    def latest_segmenter(self) -> Path:
+        """JSON naming the newest nucleus segmenter's folder, MLflow run and registered version."""
+        return self.segmenters_dir / "latest.json"
+
+    def read_latest_segmenter(self) -> dict | None:
+        """The newest nucleus segmenter's record, or None before the first."""
+        return read_json(self.latest_segmenter) if self.latest_segmenter.exists() else None

@@ -79,6 +79,7 @@ def test_file_names_live_in_the_layout_module():
 LAYERS = (
     # What everything may use: file names, writes, progress, fingerprints, figures, rasters, task runners, samples.
     {"formats", "layout", "atomic", "progress", "fingerprint", "plots", "raster", "parallel", "landing", "registry"},
+    {"model_store"},  # registered models in the MLflow store, by name and version
     {"bundle"},  # reading and validating a Xenium bundle
     {"synth", "expression"},  # bundles made up; counts as AnnData
     {"patches", "images"},  # pixels: the DAPI store, polygons by tile, shards; DAPI-only images
@@ -86,6 +87,7 @@ LAYERS = (
     {"labels"},  # the label reference and each sample's labels (its overview picture draws on slide)
     {"training"},  # splits, the model, the evaluation and its report
     {"segmentation"},  # nuclei from DAPI alone (the learned segmenter trains as the classifier does)
+    {"prediction"},  # a trained model applied to a DAPI-only image
     {"export"},  # a sample's results as SpatialData or Explorer cell groups
     {"viewer"},
     {"bench"},

@@ -56,6 +56,7 @@ def test_definitions_load():
         "patch_shards": ("patches", None, ["dapi_zarr", "tile_geometry"]),  # pixels never depend on labels
         "trained_model": ("model", None, ["cell_labels", "patch_shards"]),
         "evaluation_report": ("model", None, ["trained_model"]),
+        "nucleus_segmenter": ("model", None, ["trained_model"]),  # trains on the classifier's training tiles
     }
     tiles = defs.resolve_assets_def("patch_shards").partitions_def
     assert [d.name for d in tiles.partitions_defs] == ["sample", "tile"]

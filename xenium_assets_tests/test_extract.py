@@ -15,8 +15,9 @@ import webdataset as wds
 from xenium_assets.bundle.image import open_plane
 from xenium_assets.layout import TileShardFiles
 from xenium_assets.patches import grid
-from xenium_assets.patches.extract import MASK_NUCLEUS, MASK_PERINUCLEAR, extract_tile
+from xenium_assets.patches.extract import extract_tile
 from xenium_assets.patches.geometry import read_tile_polygons
+from xenium_assets.patches.masks import MASK_NUCLEUS, MASK_PERINUCLEAR, nucleus, perinuclear, ring
 from xenium_assets.patches.shards import read_index
 from xenium_assets_tests.conftest import JURKAT, JURKAT_ORIGIN, JURKAT_PIXEL_SIZE, needs_shared
 from xenium_assets_tests.patch_pipeline import make_tasks, prepare, read_samples
@@ -123,12 +124,12 @@ def test_masks_match_polygons(extracted):
                 continue
             r, c = meta["origin_px"]
             own = ids == meta["cell_id"]
-            nucleus = shapely.union_all(polys[own & (kinds == "nucleus")])
+            own_nucleus = shapely.union_all(polys[own & (kinds == "nucleus")])
             cell = polys[own & (kinds == "cell")][0]
-            rim = shapely.length(nucleus) + 4  # a pixel's rim around the outline
-            assert abs((mask == MASK_NUCLEUS).sum() - shapely.area(nucleus)) <= rim
-            peri_poly = shapely.difference(cell, nucleus)
-            assert abs((mask == MASK_PERINUCLEAR).sum() - shapely.area(peri_poly)) <= rim + shapely.length(cell)
+            rim = shapely.length(own_nucleus) + 4  # a pixel's rim around the outline
+            assert abs(nucleus(mask).sum() - shapely.area(own_nucleus)) <= rim
+            peri_poly = shapely.difference(cell, own_nucleus)
+            assert abs(perinuclear(mask).sum() - shapely.area(peri_poly)) <= rim + shapely.length(cell)
             # Nucleus and perinuclear are disjoint by construction; no neighbour's nucleus is in either:
             others = shapely.union_all(polys[~own & (kinds == "nucleus")])
             yy, xx = np.nonzero(mask > 0)
@@ -284,3 +285,70 @@ def test_real_bundle_is_resampled_to_the_target_pixel_size(tmp_path):
     # Alignment: nuclei are brighter inside their own nucleus mask than in their perinuclear ring.
     brighter = [s["dapi.npy"][s["mask.npy"] == 1].mean() > s["dapi.npy"][s["mask.npy"] == 2].mean() for s in samples]
     assert np.mean(brighter) > 0.8
+
+
+def test_ring_is_each_nucleus_grown_and_stopped_halfway_to_its_neighbours():
+    """Two nuclei 10 px apart, rings of 8 px: each ring reaches 8 px out where it is free and stops at the line
+    halfway between them (5 px) where they face each other; no ring pixel is in a nucleus."""
+    from xenium_assets.patches.masks import NucleusRings
+    from xenium_assets.raster import Window
+
+    polygons = np.array([shapely.box(20, 20, 30, 30), shapely.box(40, 20, 50, 30)])
+    rings = NucleusRings(polygons, np.array([0, 1]), ring_px=8.0)
+    block = rings.block(Window(0, 0, 70, 70))
+    masks = np.zeros((2, 64, 64), dtype=np.uint8)
+    block.add_rings(masks, np.array([0, 1]), np.array([0, 0]), np.array([0, 6]))
+    a, b = ring(masks[0]), ring(masks[1])
+    assert a[25, 12] and not a[25, 11]  # free side: 8 px out from column 20
+    assert a[25, 34] and not a[25, 35]  # facing b: columns 30..34, the halfway line at 35
+    assert b[25, 35 - 6] and not b[25, 34 - 6]  # b's ring starts at the halfway line, in b's window (origin 6)
+    assert not (a & (block.nuclei[:64, :64] > 0)).any()
+    none = np.zeros((1, 64, 64), dtype=np.uint8)
+    block.add_rings(none, np.array([-1]), np.array([0]), np.array([0]))
+    assert not none.any()  # a cell with no polygon gets no ring
+
+
+def test_rings_in_shards_match_the_whole_slides_nuclei(extracted):
+    """Every patch's ring, cut tile by tile and block by block, is the one the slide's nuclei give: ring pixels lie
+    within the ring of their own nucleus and no nearer any other nucleus (to a pixel's rounding), and pixels well
+    inside that region are ring pixels, at tile edges too."""
+    _, root, _, _, tasks, _ = extracted
+    spec = tasks[0].spec
+    all_ids, all_kinds, all_polys = [], [], []
+    for task in tasks:
+        ids, kinds, polys = read_tile_polygons(root / "geometry", task.tile)
+        all_ids.append(ids), all_kinds.append(kinds), all_polys.append(polys)
+    ids, kinds, polys = (np.concatenate(v) for v in (all_ids, all_kinds, all_polys))
+    nuclei = kinds == "nucleus"
+    ids, polys = ids[nuclei], polys[nuclei]
+    unique = shapely.to_wkb(polys)
+    _, first = np.unique(unique, return_index=True)
+    ids, polys = ids[first], polys[first]
+    checked = rings_seen = 0
+    for task in [t for t in tasks if len(t.cells)][::2]:
+        folder = Path(task.out_dir)
+        for s in list(wds.WebDataset(sorted(str(p) for p in folder.glob("shard-*.tar")), shardshuffle=False).decode())[
+            ::7
+        ]:
+            meta, mask = s["json"], s["mask.npy"]
+            r, c = meta["origin_px"]
+            yy, xx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+            px, py = (xx + c + 0.5).ravel(), (yy + r + 0.5).ravel()
+            points = shapely.points(px, py)
+            near = shapely.intersects(polys, shapely.box(c, r, c + mask.shape[1], r + mask.shape[0]).buffer(30))
+            d_own, d_other = np.full(px.shape, np.inf), np.full(px.shape, np.inf)
+            for poly, owner in zip(polys[near], ids[near], strict=True):
+                d = shapely.distance(poly, points)
+                if owner == meta["cell_id"]:
+                    d_own = np.minimum(d_own, d)
+                else:
+                    d_other = np.minimum(d_other, d)
+            inside_any = (d_own == 0) | (d_other == 0)
+            got = ring(mask).ravel()
+            assert (d_own[got] <= spec.ring_px + 1).all()
+            assert (d_own[got] <= d_other[got] + 1.5).all()
+            clear = ~inside_any & (d_own <= spec.ring_px - 1.5) & (d_own + 1.5 < d_other) & ~nucleus(mask).ravel()
+            assert got[clear].all()
+            rings_seen += int(got.sum() > 0)
+            checked += 1
+    assert checked > 20 and rings_seen > 0.9 * checked

@@ -36,6 +36,7 @@ ASSETS = {
     "patch_shards",
     "trained_model",
     "evaluation_report",
+    "nucleus_segmenter",
 }
 CHECKS = {"qc_pass_fraction", "label_classes_above_minimum", "shards_match_index", "beats_chance"}
 SENSOR_TAG = "dagster/sensor_name"

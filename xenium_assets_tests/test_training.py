@@ -256,7 +256,14 @@ def test_dapi_signal_is_detected_on_class_dependent_morphology(trained):
     loso = ev.extra["loso"]
     assert sorted(loso["sample"]) == ["a", "b"] and (loso["n_cells"] > 1000).all()
     assert metrics["loso_macro_f1_mean"] == pytest.approx(loso["macro_f1"].mean()) and loso["macro_f1"].min() > 0.5
-    assert {"cnn", "cnn_cell", "morphology", "morphology_neighbours"} == set(ev.models)
+    assert {"cnn", "cnn_cell", "cnn_boundary", "morphology", "morphology_neighbours"} == set(ev.models)
+    # The model reads the deployable input (DAPI, nucleus, ring); the report says what the Xenium boundary adds.
+    card = json.loads((model.folder / "model.json").read_text())
+    assert card["data"]["representation"] == "dapi_nucleus_ring" and card["needs_cell_boundary"] is False
+    assert card["patch"] == {"size_um": pytest.approx(20.4), "pixel_size_um": 0.2125, "ring_um": 5.0}
+    assert (
+        metrics["boundary_minus_cnn_ci_low"] <= metrics["boundary_minus_cnn"] <= metrics["boundary_minus_cnn_ci_high"]
+    )
     assert 0 < ev.n_contrarian < len(test) / 2 and "contrarian_macro_f1" in metrics
     text = (out / "report" / "report.md").read_text()
     assert "not distinguishable" in text or "higher" in text

@@ -31,10 +31,12 @@ class DaskResource(ConfigurableResource):
 class PatchGeometry(ConfigurableResource):
     """Patch size and pixel size in physical units, shared by dapi_zarr, tile_geometry and patch_shards."""
 
-    size_um: float = 20.0
-    pixel_size_um: float = 0.2125
+    size_um: float = PatchSpec.size_um
+    pixel_size_um: float = PatchSpec.pixel_size_um
     """Target µm per pixel: bundles with another pixel size are resampled to it."""
+    ring_um: float = PatchSpec.ring_um
+    """How far the perinuclear ring grows from each nucleus (stopped halfway to its neighbours)."""
 
     @property
     def spec(self) -> PatchSpec:
-        return PatchSpec(size_um=self.size_um, pixel_size_um=self.pixel_size_um)
+        return PatchSpec(size_um=self.size_um, pixel_size_um=self.pixel_size_um, ring_um=self.ring_um)

@@ -35,6 +35,9 @@ class ReportConfig(Config):
     """Leave-one-sample-out models to train, at most (the largest samples); 0: none."""
     cell_only_model: bool = True
     """Also train the CNN on the cell alone, to tell the cell's signal from its surroundings'."""
+    boundary_model: bool = True
+    """For a model that does not read the Xenium cell boundary, also train one that does (dapi_masks), to show what
+    the boundary adds over the input a DAPI-only image reproduces."""
     extra_max_epochs: int | None = None
     """Epochs of those extra models; None: as trained_model's."""
 
@@ -94,6 +97,7 @@ def evaluation_report(context: AssetExecutionContext, config: ReportConfig) -> M
         ),
         loso_max_folds=config.loso_max_folds,
         cell_only_model=config.cell_only_model,
+        boundary_model=config.boundary_model,
         extra_max_epochs=config.extra_max_epochs,
     )
     trained = {k: d for k, d in dirs.items() if k in card["samples"]}

@@ -79,8 +79,9 @@ def _tasks(
     backfill_policy=BackfillPolicy.single_run(),
     group_name="patches",
     kinds={"webdataset"},
-    description="For every valid cell, labelled or not, a DAPI patch centred on its nucleus with a nucleus / "
-    "perinuclear mask, written with provenance as WebDataset shards per tile, plus an index keyed sample/cell_id. "
+    description="For every valid cell, labelled or not, a DAPI patch centred on its nucleus with a mask of its "
+    "nucleus, its Xenium cell and the ring grown from its nucleus, written with provenance as WebDataset shards "
+    "per tile, plus an index keyed sample/cell_id. "
     "No labels: training joins them by key. Tiles run on dask; a backfill of many tiles is one run.",
 )
 def patch_shards(

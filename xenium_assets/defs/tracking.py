@@ -15,24 +15,31 @@ from typing import Any
 
 from dagster import Field, HookDefinition, HookExecutionResult, InitResourceContext, Noneable, resource
 
+from xenium_assets.model_store import local_tracking_uri
+
 EXPERIMENT = "xenium-assets"
 REGISTERED_MODEL = "xenium-dapi-classifier"
+SEGMENTER_MODEL = "xenium-nucleus-segmenter"
+TRAINED_BY = {REGISTERED_MODEL: "trained_model", SEGMENTER_MODEL: "nucleus_segmenter"}
+"""The asset that registers each model's versions: the fix when a version is missing (``model_store.resolve``)."""
 MODEL_PACKAGES = ("torch", "torchvision", "timm")
 """What loading the logged classifier needs (it is a pickled timm module)."""
+SEGMENTER_PACKAGES = ("torch", "segmentation-models-pytorch", "timm")
+"""What loading the logged segmenter network needs (a pickled segmentation-models-pytorch U-Net)."""
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(packages: tuple[str, ...] = MODEL_PACKAGES) -> list[str]:
     """The logged model's requirements, pinned to what is installed.
 
     Given explicitly because MLflow's inference of them re-imports the model in a subprocess: 19 s of the
     demo's training step, against 1 s to log the model with them given (and inference missed timm).
     """
-    return [f"{name}=={version(name)}" for name in MODEL_PACKAGES]
+    return [f"{name}=={version(name)}" for name in packages]
 
 
 def tracking_uri(data_dir: Path) -> str:
     """The embedded default: a SQLite store under data/mlflow (MLflow 3 refuses plain file stores)."""
-    return f"sqlite:///{Path(data_dir).resolve() / 'mlflow' / 'mlflow.db'}"
+    return local_tracking_uri(data_dir)
 
 
 def ensure_experiment(uri: str, name: str) -> str:

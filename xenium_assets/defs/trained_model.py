@@ -15,6 +15,7 @@ from xenium_assets.defs.partitions import SAMPLES
 from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.tracking import REGISTERED_MODEL, end_mlflow_on_run_finished, pip_requirements
 from xenium_assets.labels.table import MIN_CLASS_CELLS
+from xenium_assets.patches.masks import DEFAULT_REPRESENTATION, Representation
 from xenium_assets.training.inputs import training_inputs
 
 MLFLOW_UI = "http://127.0.0.1:5000"
@@ -27,7 +28,9 @@ class TrainModelConfig(Config):
     """Any timm model name; weights are never downloaded."""
     checkpoint: str | None = None
     """A local timm checkpoint to start from."""
-    representation: Literal["dapi", "dapi_masks", "masked_dapi"] = "dapi_masks"
+    representation: Representation = DEFAULT_REPRESENTATION
+    """dapi_nucleus_ring (DAPI, nucleus, the ring grown from it) is what `predict` can apply to a DAPI-only image;
+    dapi_masks reads the Xenium cell boundary instead."""
     input_px: int = 64
     batch_size: int = 64
     max_epochs: int = 8

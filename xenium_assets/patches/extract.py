@@ -27,8 +27,9 @@ from xenium_assets.bundle.polygons import SkipReason, skip_codes
 from xenium_assets.layout import GeometryFiles
 from xenium_assets.patches import shards
 from xenium_assets.patches.dapi_store import ChunkFiles, DapiStore
-from xenium_assets.patches.geometry import TileRings, gather, read_target_grid, read_tile_rings
+from xenium_assets.patches.geometry import TileRings, gather, read_context_px, read_target_grid, read_tile_rings
 from xenium_assets.patches.grid import PatchSpec, tile_window
+from xenium_assets.patches.masks import MASK_NUCLEUS, MASK_PERINUCLEAR, NucleusRings
 
 BLOCK_PX = 1280
 """Largest block side. A tile of the 8 x 8 grid is 1250 px on a 10k² slide: blocks of 1250² there and on
@@ -36,7 +37,6 @@ BLOCK_PX = 1280
 20k² and cut tiles no faster (0.43 against 0.42 ms a patch, six 20k² tiles in one process)."""
 CHUNK_CELLS = 128
 """Cells cut at once (their samples' tar bytes, about 4 MB), whatever the density."""
-MASK_NUCLEUS, MASK_PERINUCLEAR = 1, 2
 # Weights of a patch's polygons in one winding count: its cell's outline, its cell's nuclei, other cells'
 # nuclei (up to 15 overlapping outlines or own nuclei).
 _OWN_CELL, _OWN_NUCLEUS, _OTHER_NUCLEUS = 1, 16, 256
@@ -136,6 +136,13 @@ def tile_tasks(
             f"{split.pixel_size_um} µm/px, "
             f"but the DAPI store is {store.shape} px at {store.pixel_size_um} µm/px; re-materialize tile_geometry "
             "and dapi_zarr with the same patch geometry"
+        )
+    context = read_context_px(geometry_dir)
+    if context < spec.context_px:
+        raise ValueError(
+            f"{GeometryFiles(Path(geometry_dir)).cells}: polygons were listed {context} px beyond their tiles, but "
+            f"patches of {spec.size_um:g} µm with a {spec.ring_um:g} µm ring need {spec.context_px} px; "
+            "re-materialize tile_geometry"
         )
     cells = pq.read_table(GeometryFiles(Path(geometry_dir)).cells).to_pandas()
     eligible, skipped = plan_cells(cells, problems, store.shape)
@@ -334,6 +341,8 @@ def warm_up() -> float:
     otherwise pays it (about 1.4 s with numba's on-disk cache, 6 s without).
     """
     start = time.perf_counter()
+    from skimage.segmentation import expand_labels  # noqa: F401 (the rings')
+
     from xenium_assets.patches import dapi_store  # noqa: F401 (the transcode's task module)
     from xenium_assets.patches.kernels import label_windows
 
@@ -351,7 +360,9 @@ def extract_tile(task: TileTask) -> dict:
     out = Path(task.out_dir)
     size, half = task.spec.size_px, task.spec.halo_px
     cells = task.cells
-    masks = PatchMasks(read_tile_rings(Path(task.geometry_dir), task.tile), size)
+    rings = read_tile_rings(Path(task.geometry_dir), task.tile)
+    masks = PatchMasks(rings, size)
+    territories = NucleusRings(rings.polygons()[rings.nucleus], rings.owner[rings.nucleus], task.spec.ring_px)
     cell_ids = cells["cell_id"].to_numpy(dtype=object)
     owners = masks.owners(cell_ids)
     image = ChunkFiles.open(task.store)
@@ -375,6 +386,7 @@ def extract_tile(task: TileTask) -> dict:
                 continue
             region = block.pad(half)
             pixels = image.read(region)
+            block_rings = territories.block(region)
             # The block's keys and JSON, not the tile's: those would grow with the tile's cells, so with the slide.
             keys = sample_keys(task.sample, cell_ids[pick]).tolist()
             metas = _metadata(task, cells.iloc[pick], top[pick], left[pick], edge[pick])
@@ -385,13 +397,14 @@ def extract_tile(task: TileTask) -> dict:
                 samples = writer.chunk(keys[at], metas[at], (size, size))
                 samples.dapi[...] = crop(pixels, top[chunk] - region.y0, left[chunk] - region.x0, size)
                 masks(owners[chunk], top[chunk], left[chunk], out=samples.mask)
+                block_rings.add_rings(samples.mask, owners[chunk], top[chunk], left[chunk])
                 shard_of[chunk] = writer.write(samples)
                 for j in range(min(len(chunk), task.examples - len(examples))):
                     examples.append((samples.dapi[j].copy(), samples.mask[j].copy()))
                 # Freed before the next chunk and block are made, not when their names are rebound
                 # (after them): otherwise two blocks' pixels are alive at once, in tiles of several blocks.
                 del samples
-            del pixels, keys, metas
+            del pixels, block_rings, keys, metas
     finally:
         published = writer.close()
     written = np.array([s is not None for s in shard_of], dtype=bool)
@@ -422,6 +435,7 @@ def extract_tile(task: TileTask) -> dict:
         "patch_px": str(size),
         "pixel_size_um": str(task.pixel_size_um),
         "patch_um": str(size * task.pixel_size_um),
+        shards.RING_UM: str(task.spec.ring_um),
         shards.TILE_BOUNDS: json.dumps([b * task.pixel_size_um for b in bounds]),
     }
     shards.finish_tile(out, index, summary, metadata)

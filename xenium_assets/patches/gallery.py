@@ -1,12 +1,12 @@
-"""A picture of example patches, a row per group (a tile, or a class): DAPI with the nucleus (cyan) and the
-cell (yellow) outlines; the perinuclear mask is the ring between them."""
+"""A picture of example patches, a row per group (a tile, or a class): DAPI with the outlines of the nucleus
+(cyan), the Xenium cell (yellow) and the ring grown from the nucleus (magenta)."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from xenium_assets.patches.extract import MASK_NUCLEUS
+from xenium_assets.patches.masks import cell, nucleus, ring
 from xenium_assets.plots import png_bytes
 
 
@@ -23,12 +23,19 @@ def gallery(examples: dict[str, list[tuple[np.ndarray, np.ndarray]]], per_row: i
             ax = axes[r, c]
             lo, hi = np.percentile(dapi, [1, 99.5])
             ax.imshow(np.clip((dapi - lo) / max(hi - lo, 1), 0, 1), cmap="gray")
-            ax.contour(mask == MASK_NUCLEUS, levels=[0.5], colors="cyan", linewidths=0.6)
-            ax.contour(mask > 0, levels=[0.5], colors="yellow", linewidths=0.6)
+            for region, colour in _outlines(mask):
+                ax.contour(region, levels=[0.5], colors=colour, linewidths=0.6)
             if c == 0:
                 ax.set_title(label, fontsize=8, loc="left")
     fig.tight_layout()
     return png_bytes(fig)
+
+
+def _outlines(mask: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    """The regions whose outlines are drawn, with their colours; the ring's only where the patch has one."""
+    grown = nucleus(mask) | ring(mask)
+    regions = [(cell(mask), "yellow"), (grown, "magenta"), (nucleus(mask), "cyan")]
+    return [(region, colour) for region, colour in regions if region.any()]
 
 
 def patch_rgb(dapi: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -38,6 +45,7 @@ def patch_rgb(dapi: np.ndarray, mask: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(dapi, [1, 99.5])
     grey = (np.clip((dapi.astype(np.float32) - lo) / max(hi - lo, 1.0), 0, 1) * 255).astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    for region, colour in ((mask > 0, (255, 255, 0)), (mask == MASK_NUCLEUS, (0, 255, 255))):
-        rgb[region & ~binary_erosion(region)] = colour
+    colours = {"yellow": (255, 255, 0), "magenta": (255, 0, 255), "cyan": (0, 255, 255)}
+    for region, colour in _outlines(mask):
+        rgb[region & ~binary_erosion(region)] = colours[colour]
     return rgb

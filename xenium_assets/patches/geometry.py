@@ -100,6 +100,12 @@ def read_target_grid(folder: Path) -> grid.TargetGrid | None:
     return grid.TargetGrid(tuple(data["shape"]), data["pixel_size_um"], data["resampled"])
 
 
+def read_context_px(folder: Path) -> int:
+    """How far beyond its tile ``split_by_tile`` listed polygons (0 for a cells.parquet that does not say)."""
+    meta = pq.read_schema(GeometryFiles(Path(folder)).cells).metadata or {}
+    return int(json.loads(meta[GRID_KEY]).get("context_px", 0)) if GRID_KEY in meta else 0
+
+
 def split_by_tile(
     manifest: Manifest, spec: grid.PatchSpec, out_dir: Path, progress: Progress = no_progress
 ) -> GeometrySummary:
@@ -112,7 +118,7 @@ def split_by_tile(
     height, width = target.shape
     ox, oy = manifest.image_origin_um
     ps = target.pixel_size_um
-    halo = spec.halo_px
+    halo = spec.context_px
     cells = read_table(manifest.path("cells"), [Col.CELL_ID, Col.X_CENTROID, Col.Y_CENTROID])
     ids = normalise_ids(cells[Col.CELL_ID])
     index = pd.Index(ids)
@@ -216,7 +222,9 @@ def split_by_tile(
         }
     )
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**table.schema.metadata, GRID_KEY: json.dumps(asdict(target)).encode()})
+    table = table.replace_schema_metadata(
+        {**table.schema.metadata, GRID_KEY: json.dumps({**asdict(target), "context_px": halo}).encode()}
+    )
     with atomic_file(files.cells) as tmp_cells:
         pq.write_table(table, tmp_cells)
     return GeometrySummary(

@@ -29,10 +29,14 @@ RESAMPLE_TOLERANCE = 0.005
 
 @dataclass(frozen=True)
 class PatchSpec:
-    """Patch size in µm at a target pixel size; the pixel size is rounded up to a multiple of 8 px."""
+    """Patch size in µm at a target pixel size (the side in pixels rounded up to a multiple of 8), and how far the
+    perinuclear ring reaches out from a nucleus."""
 
     size_um: float = 20.0
     pixel_size_um: float = XENIUM_PIXEL_SIZE_UM
+    ring_um: float = 5.0
+    """The ring grown from each nucleus, stopped halfway to its neighbours (as Xenium's nucleus expansion): what a
+    DAPI-only image can reproduce in place of the Xenium cell boundary."""
 
     @property
     def size_px(self) -> int:
@@ -42,6 +46,16 @@ class PatchSpec:
     def halo_px(self) -> int:
         """Half a patch: a tile read with this margin holds every patch of the cells it owns."""
         return self.size_px // 2
+
+    @property
+    def ring_px(self) -> float:
+        return self.ring_um / self.pixel_size_um
+
+    @property
+    def context_px(self) -> int:
+        """The halo plus a ring: every nucleus whose ring could reach a patch of the tile's cells lies within it of
+        the tile, so a tile read (or split) with it draws every ring of its patches as on the whole slide."""
+        return self.halo_px + math.ceil(self.ring_px) + 1
 
 
 @dataclass(frozen=True)

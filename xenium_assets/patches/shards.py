@@ -27,6 +27,8 @@ from xenium_assets.layout import ShardMember, TileShardFiles
 
 TILE_BOUNDS = "tile_bounds_um"
 """Index metadata: the tile's [x0, y0, x1, y1] in µm, which the spatial split's buffer is measured from."""
+RING_UM = "ring_um"
+"""Index metadata: how far the masks' perinuclear ring grows from the nucleus (absent in shards cut before it)."""
 MAX_SAMPLES_PER_SHARD = 10_000
 MAX_SHARD_BYTES = 1e9
 

@@ -58,9 +58,13 @@ class BundleNuclei:
         return NucleusImage(image, labels, self.diameter_px, self.report.pixel_size_um, win)
 
 
-def read_bundle_nuclei(bundle: str | Path) -> BundleNuclei:
-    """Locate and validate the bundle, and read every drawable nucleus polygon (one label each)."""
-    report = inspect_bundle(bundle)
+def read_bundle_nuclei(
+    bundle: str | Path, *, pixel_size_um: float | None = None, image_origin_um: tuple[float, float] = (0.0, 0.0)
+) -> BundleNuclei:
+    """Locate and validate the bundle, and read every drawable nucleus polygon (one label each). ``pixel_size_um``
+    and ``image_origin_um``: a registered sample's overrides (its manifest's), for a bundle that lacks or misstates
+    them."""
+    report = inspect_bundle(bundle, pixel_size_um=pixel_size_um, image_origin_um=image_origin_um)
     ox, oy = report.image_origin_um
     ps = report.pixel_size_um
     polys = []

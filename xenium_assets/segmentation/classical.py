@@ -38,9 +38,16 @@ def foreground_threshold(values: np.ndarray) -> float:
     return float(threshold_li(values))
 
 
-def segment_nuclei(image: np.ndarray, diameter_px: float, params: ClassicalParams = ClassicalParams()) -> np.ndarray:
+def segment_nuclei(
+    image: np.ndarray,
+    diameter_px: float,
+    params: ClassicalParams = ClassicalParams(),
+    *,
+    intensity_range: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Instance labels (int32, 0 = background) of the nuclei in a 2-D DAPI image whose nuclei are about
-    ``diameter_px`` pixels across. A blank image (no contrast) has no nuclei."""
+    ``diameter_px`` pixels across; intensities scaled by the image's percentiles, or by ``intensity_range`` (a
+    whole image's, for a tile of it). A blank image (no contrast) has no nuclei."""
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
@@ -48,7 +55,7 @@ def segment_nuclei(image: np.ndarray, diameter_px: float, params: ClassicalParam
         raise ValueError(f"a 2-D DAPI image is needed, not shape {image.shape}")
     if not diameter_px > 0:
         raise ValueError(f"the nucleus diameter must be positive pixels, not {diameter_px}")
-    scaled = normalise(image, params.low_percentile, params.high_percentile)
+    scaled = normalise(image, params.low_percentile, params.high_percentile, intensity_range=intensity_range)
     if not scaled.any():  # no contrast
         return np.zeros(image.shape, dtype=np.int32)
     smooth = ndi.gaussian_filter(scaled, max(params.smooth * diameter_px, 0.5))

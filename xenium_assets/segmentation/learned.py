@@ -473,14 +473,16 @@ class LearnedSegmenter:
         pixel_size_um: float | None = None,
         nucleus_diameter_um: float | None = None,
         tile: int | None = None,
+        intensity_range: tuple[float, float] | None = None,
     ) -> np.ndarray:
         """Instance labels (int32, 0: background) of a 2-D image; its nuclei are ``diameter_px`` across, or
-        ``nucleus_diameter_um`` at ``pixel_size_um``. ``tile`` overrides the segmenter's tile side."""
+        ``nucleus_diameter_um`` at ``pixel_size_um``. ``tile`` overrides the segmenter's tile side;
+        ``intensity_range`` the image's own percentiles (a whole image's, for a tile of it)."""
         if image.ndim != 2:
             raise ValueError(f"a 2-D image is needed, not shape {image.shape}")
         diameter = diameter_in_px(diameter_px, pixel_size_um, nucleus_diameter_um)
         c = self.config
-        pixels = normalise(image, c.low_percentile, c.high_percentile)
+        pixels = normalise(image, c.low_percentile, c.high_percentile, intensity_range=intensity_range)
         scale = diameter / c.diameter_px  # image pixels per network pixel
         side = max(16, round((tile or self.tile) * scale))
         halo = max(1, math.ceil(self.halo * diameter))

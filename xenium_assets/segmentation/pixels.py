@@ -8,12 +8,22 @@ import math
 import numpy as np
 
 
-def normalise(image: np.ndarray, low: float = 1.0, high: float = 99.8, max_samples: int = 4_000_000) -> np.ndarray:
+def normalise(
+    image: np.ndarray,
+    low: float = 1.0,
+    high: float = 99.8,
+    max_samples: int = 4_000_000,
+    intensity_range: tuple[float, float] | None = None,
+) -> np.ndarray:
     """float32 in [0, 1] between the image's ``low`` and ``high`` percentiles (of a strided sample of a large
-    image); an image without contrast is all zeros."""
+    image), or between the given ``intensity_range``: a tile of a large image is scaled by the whole image's
+    percentiles, so that a tile of background stays dark; an image without contrast is all zeros."""
     pixels = np.asarray(image, dtype=np.float32)
-    step = max(1, int(math.ceil(math.sqrt(pixels.size / max_samples))))
-    lo, hi = np.percentile(pixels[::step, ::step], [low, high])
+    if intensity_range is None:
+        step = max(1, int(math.ceil(math.sqrt(pixels.size / max_samples))))
+        lo, hi = np.percentile(pixels[::step, ::step], [low, high])
+    else:
+        lo, hi = intensity_range
     if hi - lo <= 0:
         return np.zeros(pixels.shape, dtype=np.float32)
     return np.clip((pixels - lo) / (hi - lo), 0, 1).astype(np.float32)

@@ -27,10 +27,19 @@ import torch.nn.functional as F
 import webdataset as wds
 
 from xenium_assets.layout import ShardFiles, ShardMember, TileShardFiles
-from xenium_assets.patches.shards import TILE_BOUNDS, index_metadata, read_index
+from xenium_assets.patches.masks import (
+    CHANNELS,
+    DEFAULT_REPRESENTATION,
+    NEEDS_CELL_BOUNDARY,
+    NEEDS_RING,
+    Representation,
+    cell,
+    nucleus,
+    perinuclear,
+    ring,
+)
+from xenium_assets.patches.shards import RING_UM, TILE_BOUNDS, index_metadata, read_index
 
-Representation = Literal["dapi", "dapi_masks", "masked_dapi"]
-CHANNELS = {"dapi": 1, "dapi_masks": 3, "masked_dapi": 1}
 LOW, HIGH = "p1", "p99.9"
 
 
@@ -38,7 +47,9 @@ LOW, HIGH = "p1", "p99.9"
 class DataConfig:
     input_px: int = 64
     """Patches are resized to this side (96 px at 0.2125 µm/px; 64 trains about 3x faster on a CPU)."""
-    representation: Representation = "dapi_masks"
+    representation: Representation = DEFAULT_REPRESENTATION
+    """DAPI, the nucleus and the ring grown from it: what a DAPI-only image reproduces once its nuclei are segmented.
+    ``dapi_masks`` reads the Xenium cell boundary instead of the ring, ``masked_dapi`` the Xenium cell alone."""
     batch_size: int = 64
     num_workers: int | None = None
     """Loader processes; None: the CPUs beyond two, at most 4 (see ``loader_workers``)."""
@@ -67,8 +78,9 @@ class ShardFormatError(ValueError):
 BOUNDS = ("tile_x0", "tile_y0", "tile_x1", "tile_y1")
 
 
-def _tile_metadata(folder: Path) -> tuple[list[float], float, dict]:
-    """A tile's bounds in µm, its patch side in µm and its sample's DAPI percentiles, from its index metadata."""
+def _tile_metadata(folder: Path) -> tuple[list[float], float, dict, float, float]:
+    """A tile's bounds in µm, its patch side in µm, its sample's DAPI percentiles, its masks' ring in µm (NaN:
+    cut before masks held one) and its pixel size, from its index metadata."""
     meta = index_metadata(folder)
     missing = [k for k in (TILE_BOUNDS, "patch_um", "dapi_percentiles") if k not in meta]
     percentiles = json.loads(meta.get("dapi_percentiles", "{}"))
@@ -78,7 +90,28 @@ def _tile_metadata(folder: Path) -> tuple[list[float], float, dict]:
             f"{TileShardFiles(Path(folder)).index} lacks {', '.join(missing)}: "
             "re-materialize patch_shards for this sample"
         )
-    return json.loads(meta[TILE_BOUNDS]), float(meta["patch_um"]), percentiles
+    ring_um, pixel_size_um = float(meta.get(RING_UM, "nan")), float(meta.get("pixel_size_um", "nan"))
+    return json.loads(meta[TILE_BOUNDS]), float(meta["patch_um"]), percentiles, ring_um, pixel_size_um
+
+
+def require_rings(index: pd.DataFrame, sample_dirs: dict[str, Path], representation: str) -> None:
+    """A ShardFormatError naming a sample whose shards were cut before masks held the ring, when the representation
+    reads it."""
+    if representation not in NEEDS_RING:
+        return
+    missing = sorted(index.loc[index["ring_um"].isna(), "sample"].unique())
+    if missing:
+        raise ShardFormatError(
+            f"{ShardFiles(Path(sample_dirs[missing[0]])).folder}: patches cut before their masks held the perinuclear "
+            f"ring that {representation} reads (samples {', '.join(missing)}): re-materialize tile_geometry and "
+            "patch_shards for them, or train with representation dapi_masks"
+        )
+    spans = sorted(index["ring_um"].unique())
+    if len(spans) > 1:
+        raise ShardFormatError(
+            f"the samples' rings differ ({', '.join(f'{s:g}' for s in spans)} µm): re-materialize patch_shards with "
+            "one ring_um"
+        )
 
 
 def load_index(sample_dirs: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, tuple[float, float]]]:
@@ -91,15 +124,19 @@ def load_index(sample_dirs: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, tu
             frame = read_index([tile])
             if not len(frame):
                 continue
-            bounds, patch_um, sample_percentiles = _tile_metadata(tile)
+            bounds, patch_um, sample_percentiles, ring_um, pixel_size_um = _tile_metadata(tile)
             frame.insert(0, "tile", tile.name)
             frame.insert(0, "sample", sample)
             frame[list(BOUNDS)] = np.asarray(bounds, dtype=float)
             frame["patch_um"] = patch_um
+            frame["ring_um"] = ring_um
+            frame["pixel_size_um"] = pixel_size_um
             frames.append(frame)
             percentiles[sample] = (float(sample_percentiles[LOW]), float(sample_percentiles[HIGH]))
     if not frames:
-        return pd.DataFrame(columns=["sample", "tile", "key", "path", *BOUNDS, "patch_um"]), percentiles
+        return pd.DataFrame(
+            columns=["sample", "tile", "key", "path", *BOUNDS, "patch_um", "ring_um", "pixel_size_um"]
+        ), percentiles
     return pd.concat(frames, ignore_index=True), percentiles
 
 
@@ -108,15 +145,23 @@ def join_labels(index: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     return index.merge(labels[["key", "label", "confidence"]], on="key", how="inner", validate="one_to_one")
 
 
+def mask_channels(mask: np.ndarray, representation: str) -> tuple[np.ndarray, np.ndarray]:
+    """The nucleus and the region around it that a representation reads: the ring grown from the nucleus, or the
+    rest of the Xenium cell (for the representations that read the cell boundary)."""
+    around = perinuclear(mask) if representation in NEEDS_CELL_BOUNDARY else ring(mask)
+    return nucleus(mask), around
+
+
 def to_input(dapi: np.ndarray, mask: np.ndarray, low: float, high: float, representation: str) -> torch.Tensor:
-    """(C, P, P) float tensor: DAPI scaled so the sample's 1st..99.9th percentiles map to 0..1."""
+    """(C, P, P) float tensor, or (n, C, P, P) for n patches: DAPI scaled so the sample's 1st..99.9th percentiles
+    map to 0..1."""
     x = (torch.from_numpy(dapi.astype(np.float32)) - low) / max(high - low, 1.0)
-    m = torch.from_numpy(mask)
     if representation == "dapi":
-        return x[None]
+        return x.unsqueeze(-3)
     if representation == "masked_dapi":
-        return (x * (m > 0))[None]
-    return torch.stack([x, (m == 1).float(), (m == 2).float()])
+        return (x * torch.from_numpy(cell(mask))).unsqueeze(-3)
+    inner, around = mask_channels(mask, representation)
+    return torch.stack([x, torch.from_numpy(inner).float(), torch.from_numpy(around).float()], dim=-3)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -33,6 +33,7 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 MODEL_NAMES = {
     "cnn": "CNN (DAPI patch)",
     "cnn_cell": "CNN on the cell alone (masked DAPI)",
+    "cnn_boundary": "CNN with the Xenium cell boundary (dapi_masks)",
     "morphology": "morphology features",
     "morphology_neighbours": "morphology features + neighbours'",
 }

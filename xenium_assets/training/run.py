@@ -23,12 +23,15 @@ from xenium_assets.labels.table import MIN_CLASS_CELLS
 from xenium_assets.layout import ModelFiles, ReportFiles
 from xenium_assets.training import report as figures
 from xenium_assets.training.data import (
+    NEEDS_CELL_BOUNDARY,
     DataConfig,
     PatchDataModule,
     ShardFormatError,
     iter_patches,
     join_labels,
     load_index,
+    mask_channels,
+    require_rings,
     resize,
     shard_splits,
 )
@@ -58,6 +61,7 @@ cells of a 10^6-cell project would take over 20 minutes."""
 COMPARISONS = (
     ("cnn", "morphology"),
     ("cnn", "cnn_cell"),
+    ("cnn_boundary", "cnn"),
     ("morphology_neighbours", "morphology"),
     ("cnn", "morphology_neighbours"),
 )
@@ -72,6 +76,9 @@ class ReportOptions:
     """Leave-one-sample-out models to train, at most (the largest samples first); 0: none."""
     cell_only_model: bool = True
     """Also train the CNN on the cell alone (masked DAPI), to tell the cell's signal from its surroundings'."""
+    boundary_model: bool = True
+    """For a model that does not read the Xenium cell boundary, also train one that does (dapi_masks): what the
+    boundary adds over an input that a DAPI-only image reproduces."""
     extra_max_epochs: int | None = None
     """Epochs of those extra models; None: as the model's."""
     morphology_train_cells: int = MORPHOLOGY_TRAIN_CELLS
@@ -103,11 +110,13 @@ def select_classes(index: pd.DataFrame, min_cells: int) -> tuple[list[str], dict
 
 
 def labelled_index(
-    sample_dirs: dict[str, Path], labels: pd.DataFrame
+    sample_dirs: dict[str, Path], labels: pd.DataFrame, representation: str
 ) -> tuple[pd.DataFrame, dict[str, tuple[float, float]]]:
-    """The shard index of the cells with a usable label, the label joined on by key; the DAPI percentiles."""
+    """The shard index of the cells with a usable label, the label joined on by key; the DAPI percentiles. Shards
+    without the masks ``representation`` reads are refused."""
     try:
         index, percentiles = load_index(sample_dirs)
+        require_rings(index, sample_dirs, representation)
     except ShardFormatError as exc:
         raise TrainingError(str(exc)) from exc
     if index.empty:
@@ -147,6 +156,17 @@ def _fit(
     return fit(datamodule, train, out_dir, loggers=loggers, report=report), datamodule
 
 
+def patch_geometry(index: pd.DataFrame) -> dict[str, float | None]:
+    """The patches the model was trained on, which prediction cuts again: side and pixel size, and the ring (None:
+    masks without one)."""
+    ring = index["ring_um"].dropna()
+    return {
+        "size_um": float(index["patch_um"].max()),
+        "pixel_size_um": float(index["pixel_size_um"].max()),
+        "ring_um": float(ring.max()) if len(ring) else None,
+    }
+
+
 def train_model(
     sample_dirs: dict[str, Path],
     labels: pd.DataFrame,
@@ -162,7 +182,7 @@ def train_model(
 ) -> TrainedModel:
     """Buffered spatial split of the shards' labelled cells (``labels``: key, label, confidence of one reference
     version), then fit; classes with fewer than ``min_class_cells`` patches are left out."""
-    index, percentiles = labelled_index(sample_dirs, labels)
+    index, percentiles = labelled_index(sample_dirs, labels, data.representation)
     classes, dropped = select_classes(index, min_class_cells)
     index = index[index["label"].isin(classes)]
     assignment = spatial_split(index, classes, split)
@@ -182,6 +202,8 @@ def train_model(
             "samples": sorted(sample_dirs),
             "percentiles": {k: list(v) for k, v in percentiles.items()},
             "data": asdict(data),
+            "patch": patch_geometry(index),
+            "needs_cell_boundary": data.representation in NEEDS_CELL_BOUNDARY,
             "train": asdict(train),
             "split": asdict(split),
             "split_description": split.describe(),
@@ -196,14 +218,16 @@ def train_model(
 
 
 def _features(
-    urls: list[str], percentiles: dict, wanted: dict[str, str], input_px: int, limit: int | None = None
+    urls: list[str], percentiles: dict, wanted: dict[str, str], data: DataConfig, limit: int | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """Morphology features and keys of the shards' ``wanted`` cells (key -> label), in shard order (the first
-    ``limit`` if given), measured on the pixels the CNN reads: the patch resized to ``input_px``."""
+    ``limit`` if given), measured on the pixels the CNN reads: the patch resized to its input side, with the
+    nucleus and the region around it that its representation reads."""
     feats, keys = [], []
     for dapi, mask, _, batch_keys, _ in iter_patches(urls, percentiles, wanted):
-        x = torch.stack([torch.from_numpy(dapi), torch.from_numpy(mask == 1), torch.from_numpy(mask == 2)], dim=1)
-        x = resize(x.float(), input_px).numpy()
+        inner, around = mask_channels(mask, data.representation)
+        x = torch.stack([torch.from_numpy(dapi), torch.from_numpy(inner), torch.from_numpy(around)], dim=1)
+        x = resize(x.float(), data.input_px).numpy()
         feats.append(morphology_features(x[:, 0], (x[:, 1] + 2 * x[:, 2]).astype(np.uint8)))
         keys += batch_keys
         if limit is not None and len(keys) >= limit:
@@ -217,7 +241,7 @@ def _morphology_predictions(
     in_test_tiles: pd.Series,
     dm: PatchDataModule,
     percentiles: dict,
-    input_px: int,
+    data: DataConfig,
     test_keys: pd.Series,
     limit: int,
     seed: int,
@@ -233,9 +257,9 @@ def _morphology_predictions(
     if splits.eq("train").sum() > limit:
         train_urls = list(np.random.default_rng(seed).permutation(train_urls))
     train_keys = index.loc[splits == "train", "key"]
-    train_x, fitted = _features(train_urls, percentiles, dict.fromkeys(train_keys, ""), input_px, limit=limit)
+    train_x, fitted = _features(train_urls, percentiles, dict.fromkeys(train_keys, ""), data, limit=limit)
     test_urls = sorted(index.loc[in_test_tiles, "path"].unique())
-    test_x, test_all = _features(test_urls, percentiles, dict.fromkeys(index.loc[in_test_tiles, "key"], ""), input_px)
+    test_x, test_all = _features(test_urls, percentiles, dict.fromkeys(index.loc[in_test_tiles, "key"], ""), data)
     train_y = by_key.loc[fitted, "label"].map(class_index).to_numpy()
     out = {}
     for name, transform in (("morphology", None), ("morphology_neighbours", neighbour_features)):
@@ -249,6 +273,25 @@ def _morphology_predictions(
 def _extra_train(card: dict, options: ReportOptions) -> TrainConfig:
     train = TrainConfig(**card["train"])
     return replace(train, max_epochs=options.extra_max_epochs) if options.extra_max_epochs else train
+
+
+def _with_boundary(
+    index: pd.DataFrame,
+    splits: pd.Series,
+    card: dict,
+    percentiles: dict,
+    options: ReportOptions,
+    out_dir: Path,
+    test_keys: pd.Series,
+    report: Callable[[str], None],
+) -> np.ndarray:
+    """Predictions of a CNN trained on the same cells with the Xenium cell boundary (dapi_masks)."""
+    report("training the comparison CNN on dapi_masks (with the Xenium cell boundary)")
+    data = replace(DataConfig(**card["data"]), representation="dapi_masks")
+    result, dm = _fit(
+        index, splits, card["classes"], percentiles, data, _extra_train(card, options), out_dir, None, report
+    )
+    return predict(result.checkpoint, dm).set_index("key").loc[test_keys, "pred"].to_numpy()
 
 
 def _cell_only(
@@ -349,7 +392,7 @@ def evaluate_model(
             f"labels {card['label_version']}, or re-materialize trained_model on {label_version}"
         )
     classes = card["classes"]
-    full, _ = labelled_index(sample_dirs, labels)
+    full, _ = labelled_index(sample_dirs, labels, card["data"]["representation"])
     untrained = full.loc[~full["label"].isin(classes), "label"].value_counts().to_dict()
     index = full[full["label"].isin(classes)].reset_index(drop=True)
     percentiles = {k: tuple(v) for k, v in card["percentiles"].items()}
@@ -381,7 +424,7 @@ def evaluate_model(
         pd.Series(tile_split.to_numpy() == "test", index=index.index),
         dm,
         percentiles,
-        data.input_px,
+        data,
         test["key"],
         options.morphology_train_cells,
         options.stats.seed,
@@ -394,6 +437,10 @@ def evaluate_model(
         if options.cell_only_model:
             predictions["cnn_cell"], cell_repr = _cell_only(
                 index, splits, card, percentiles, options, scratch / "cell_only", test["key"], report
+            )
+        if options.boundary_model and card["data"]["representation"] not in NEEDS_CELL_BOUNDARY:
+            predictions["cnn_boundary"] = _with_boundary(
+                index, splits, card, percentiles, options, scratch / "boundary", test["key"], report
             )
         loso = None
         if options.loso_max_folds and index["sample"].nunique() >= 2:
@@ -457,6 +504,11 @@ def summary(ev: Evaluation, card: dict) -> dict:
             "split": card["split_description"],
         }
     )
+    if "cnn_boundary-cnn" in ev.differences:
+        gain = ev.differences["cnn_boundary-cnn"]
+        out["boundary_macro_f1"] = ev.models["cnn_boundary"].point["macro_f1"]
+        out["boundary_minus_cnn"] = gain.point
+        out["boundary_minus_cnn_ci_low"], out["boundary_minus_cnn_ci_high"] = gain.ci
     if "cnn" in ev.contrarian:
         out["contrarian_macro_f1"] = ev.contrarian["cnn"].point["macro_f1"]
     loso = ev.extra.get("loso")
