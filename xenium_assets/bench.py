@@ -226,6 +226,10 @@ class _PeakRss:
 
         self.interval = interval
         self.peaks: dict[int, int] = {}
+        self.timeline: list[tuple[float, int]] = []
+        """(time, the largest child's resident bytes) at each poll."""
+        self.cpu: dict[int, tuple[float, float]] = {}
+        """Each child's user + system CPU seconds when first and last seen (within ``interval`` of its end)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -234,12 +238,18 @@ class _PeakRss:
 
         me = psutil.Process()
         while not self._stop.is_set():
+            largest = 0
             for child in me.children(recursive=True):
                 try:
                     rss = child.memory_info().rss
+                    cpu = child.cpu_times()
                 except psutil.Error:
                     continue
                 self.peaks[child.pid] = max(self.peaks.get(child.pid, 0), rss)
+                largest = max(largest, rss)
+                first = self.cpu.get(child.pid, (cpu.user + cpu.system,))[0]
+                self.cpu[child.pid] = (first, cpu.user + cpu.system)
+            self.timeline.append((time.perf_counter(), largest))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> _PeakRss:
@@ -253,6 +263,15 @@ class _PeakRss:
     @property
     def max_mb(self) -> float:
         return max(self.peaks.values(), default=0) / 2**20
+
+    def max_mb_between(self, start: float, end: float) -> float:
+        """The largest child's peak between two ``time.perf_counter()`` readings."""
+        return max((rss for t, rss in self.timeline if start <= t <= end), default=0) / 2**20
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds the children used while watched."""
+        return sum(last - first for first, last in self.cpu.values())
 
 
 def _bench_bundle(cache: Path, name: str, n_cells: int, size: int, seed: int, crowding: float = 0.0) -> Path:
@@ -798,7 +817,7 @@ _PREDICT_STAGES = {
     "transcode DAPI": "image_store",
     "segment and classify": "tiles",
     "label image": "label_image",
-    "spatialdata": "pyramid_and_table",
+    "spatialdata": "pyramid_table_spatialdata",
 }
 """predict_image's progress stages, by the name of the wall-clock part each one's last report closes."""
 
@@ -814,7 +833,7 @@ def _predict(bundle: Path, out: Path, classifier: Path, choice, workers: int, ti
     with dask_client(n_workers=workers, threads_per_worker=1) as client:
         warm = client.run(_predict_warm_up, 1)
         clock = _StageClock(TqdmProgress())
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         with _PeakRss() as memory:
             prediction = predict_image(
                 source,
@@ -826,14 +845,14 @@ def _predict(bundle: Path, out: Path, classifier: Path, choice, workers: int, ti
                 PredictOptions(tile_px=tile_px),
                 clock,
             )
-        end = time.perf_counter()
+        end, main_cpu = time.perf_counter(), time.process_time() - cpu0
         devices = set(client.run(_inference_device, str(classifier), choice.checkpoint).values())
     parts, previous = {}, t0
     for stage, at in sorted(clock.last.items(), key=lambda kv: kv[1]):
         if stage in _PREDICT_STAGES:
-            parts[_PREDICT_STAGES[stage]] = at - previous
+            parts[_PREDICT_STAGES[stage]] = (at - previous, memory.max_mb_between(previous, at))
             previous = at
-    parts["spatialdata_and_overview"] = end - previous
+    parts["overview"] = (end - previous, memory.max_mb_between(previous, end))
     return {
         "prediction": prediction,
         "warmup_seconds": max(w["seconds"] for w in warm.values()),
@@ -842,6 +861,8 @@ def _predict(bundle: Path, out: Path, classifier: Path, choice, workers: int, ti
         "inference_device": ",".join(sorted(devices)),
         "parts": parts,
         "peak_worker_rss_mb": memory.max_mb,
+        "worker_cpu_seconds": memory.cpu_seconds,
+        "main_cpu_seconds": main_cpu,
     }
 
 
@@ -900,9 +921,18 @@ def bench_predict(
         "seconds": round(p.seconds, 1),
         "goal_seconds": 600,
         "nuclei_per_second": round(p.nuclei_per_second, 1),
-        **{f"{k}_seconds": round(v, 1) for k, v in ours["parts"].items()},
+        **{f"{k}_seconds": round(v, 1) for k, (v, _) in ours["parts"].items()},
+        # CPU seconds used, all workers and this process: on a busy machine, what the run would take alone is
+        # about (worker + main CPU seconds) / cores, where ``seconds`` also counts the waits for a core.
+        "worker_cpu_seconds": round(ours["worker_cpu_seconds"], 1),
+        "main_cpu_seconds": round(ours["main_cpu_seconds"], 1),
         "peak_worker_rss_mb": round(ours["peak_worker_rss_mb"]),
         f"peak_worker_rss_mb_{small_size}px": round(small_run["peak_worker_rss_mb"]),
+        **{
+            f"peak_worker_rss_mb_{k}{suffix}": round(r["parts"].get(k, (0, 0))[1])
+            for k in ours["parts"]
+            for suffix, r in (("", ours), (f"_{small_size}px", small_run))
+        },
         "goal_peak_worker_rss_mb": 2048,
         f"nuclei_{small_size}px": small_run["prediction"].nuclei,
         f"seconds_{small_size}px": round(small_run["prediction"].seconds, 1),

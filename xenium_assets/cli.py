@@ -221,6 +221,34 @@ def export(sample: str, target: str, out: Path) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command("add-image")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--key", default=None, help="Partition key (default: from the file name).")
+@click.option("--pixel-size", type=float, default=None, help="µm per pixel, where the image's metadata has none.")
+@click.option("--channel", default=None, help="The DAPI channel's name or index, where no channel is called DAPI.")
+def add_image(image: Path, key: str | None, pixel_size: float | None, channel: str | None) -> None:
+    """Add a DAPI-only IMAGE (OME-TIFF, TIFF or a Xenium bundle folder) as an image partition for cell_predictions.
+    The image is opened first: one without a pixel size or a DAPI channel is refused with the fix."""
+    from xenium_assets.defs.partitions import IMAGES
+    from xenium_assets.images.entries import ImageRegistry
+
+    paths = ProjectPaths.default()
+    try:
+        entry, created = ImageRegistry(paths).add(
+            image, key, pixel_size_um=pixel_size, channel=int(channel) if channel and channel.isdigit() else channel
+        )
+    except ValueError as exc:
+        _fail(f"refused: {exc}")
+    instance = project_instance(paths)
+    if not instance.has_dynamic_partition(IMAGES, entry.key):
+        instance.add_dynamic_partitions(IMAGES, [entry.key])
+        created = True
+    if created:
+        click.echo(f"added image {entry.key!r} -> {entry.path} (materialize cell_predictions for it)")
+    else:
+        click.echo(f"image {entry.key!r} already added for {entry.path}: nothing to do")
+
+
 @main.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
@@ -337,13 +365,18 @@ def reference(
 @main.command()
 @click.option("--cells", "n_cells", default=1500, show_default=True, help="Cells per demo bundle.")
 @click.option("--size", default=2048, show_default=True, help="Image side in pixels.")
-def demo(n_cells: int, size: int) -> None:
-    """Generate synthetic demo bundles (once), register them, and materialize every asset."""
+@click.option(
+    "--segmenter-steps", type=int, default=None, help="Training steps of the nucleus segmenter (default: its own)."
+)
+def demo(n_cells: int, size: int, segmenter_steps: int | None) -> None:
+    """Generate synthetic demo bundles (once), register them, and materialize every asset; then predict a third,
+    held-out slide from its DAPI image alone."""
     from xenium_assets.runs.demo import run_demo
 
     paths = ProjectPaths.default()
     instance = project_instance(paths)
-    for line in run_demo(paths, instance, n_cells=n_cells, size=size, echo=click.echo):
+    lines = run_demo(paths, instance, n_cells=n_cells, size=size, segmenter_steps=segmenter_steps, echo=click.echo)
+    for line in lines:
         click.echo(line)
 
 
@@ -358,7 +391,8 @@ def demo(n_cells: int, size: int) -> None:
 )
 def view(sample: str, genes: tuple[str, ...], screenshot: Path | None) -> None:
     """Open SAMPLE in napari: DAPI pyramid, nuclei and cells, expression labels, test-tile predictions and
-    a class widget with training patches. Needs the viewer extra: pip install -e '.[viewer]'."""
+    a class widget with training patches; or an added image's cell_predictions (its DAPI, nuclei and predicted
+    classes). Needs the viewer extra: pip install -e '.[viewer]'."""
     import time
     from contextlib import nullcontext
 
@@ -377,9 +411,17 @@ def view(sample: str, genes: tuple[str, ...], screenshot: Path | None) -> None:
     if screenshot is None and sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         _fail("no screen (DISPLAY is unset): run it on a desktop, or save a picture with --screenshot PNG")
     try:
-        data = load_view_data(ProjectPaths.default(), sample, genes, TqdmProgress())
+        paths = ProjectPaths.default()
+        predicted = paths.predictions(sample)
+        image_only = not paths.raw_bundle(sample).manifest.exists() and predicted.summary.exists()
+        data = None if image_only else load_view_data(paths, sample, genes, TqdmProgress())
         with virtual_display() if screenshot else nullcontext():
-            viewer = build_viewer(data, report=click.echo)
+            if image_only:
+                from xenium_assets.viewer.predictions import build_prediction_viewer
+
+                viewer = build_prediction_viewer(predicted, sample, show=screenshot is None, report=click.echo)
+            else:
+                viewer = build_viewer(data, report=click.echo)
             if screenshot is None:
                 click.echo(f"first view in {time.perf_counter() - start:.1f} s")
                 napari.run()

@@ -8,6 +8,7 @@ from pathlib import Path
 from dagster import Definitions
 
 from xenium_assets.defs.cell_labels import cell_labels
+from xenium_assets.defs.cell_predictions import cell_predictions
 from xenium_assets.defs.checks import label_classes_above_minimum, qc_pass_fraction, shards_match_index
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
@@ -20,7 +21,7 @@ from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.defs.schedules import retrain_schedule
-from xenium_assets.defs.sensors import automation_sensor, landing_sensor
+from xenium_assets.defs.sensors import automation_sensor, image_landing_sensor, landing_sensor
 from xenium_assets.defs.tile_geometry import tile_geometry
 from xenium_assets.defs.tracking import EXPERIMENT, mlflow_tracking, tracking_uri
 from xenium_assets.defs.trained_model import trained_model
@@ -43,9 +44,10 @@ def build_definitions(data_dir: Path) -> Definitions:
             trained_model,
             evaluation_report,
             nucleus_segmenter,
+            cell_predictions,
         ],
         asset_checks=[qc_pass_fraction, label_classes_above_minimum, shards_match_index, beats_chance],
-        sensors=[landing_sensor, automation_sensor],
+        sensors=[landing_sensor, image_landing_sensor, automation_sensor],
         schedules=[retrain_schedule],
         jobs=JOBS,
         resources={

@@ -10,6 +10,7 @@ the same folder with the same content is never handed out again, whatever restar
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,8 @@ def folder_fingerprint(folder: Path) -> str:
     Sizes, not times: a file being copied grows, so a copy in progress changes the fingerprint, while
     the same bundle copied in again has the same one and is not processed twice.
     """
+    if folder.is_file():  # a single image file: its size
+        return stat_fingerprint([str(folder)], folder.parent, times=False)
     files = []
     for root, dirs, names in os.walk(folder):
         dirs.sort()
@@ -55,11 +58,21 @@ class LandingState:
         return cls(waiting=dict(data.get("waiting", {})), done=dict(data.get("done", {})))
 
 
-def look(landing: Path, state: LandingState) -> tuple[list[Path], LandingState]:
-    """Complete folders not handed out before (with this content), and the updated state."""
+def image_candidates(landing: Path) -> list[Path]:
+    """TIFF files directly inside an image landing directory."""
+    if not landing.is_dir():
+        return []
+    return sorted(p for p in landing.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff"))
+
+
+def look(
+    landing: Path, state: LandingState, find: Callable[[Path], list[Path]] = candidates
+) -> tuple[list[Path], LandingState]:
+    """Complete folders (or files, with ``find=image_candidates``) not handed out before (with this content), and
+    the updated state."""
     ready: list[Path] = []
     new = LandingState(waiting={}, done=dict(state.done))
-    for folder in candidates(landing):
+    for folder in find(landing):
         key = str(folder.resolve())
         fingerprint = folder_fingerprint(folder)
         if state.done.get(key) == fingerprint:

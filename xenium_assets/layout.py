@@ -37,6 +37,8 @@ DAGSTER_CONFIG = "dagster.yaml"
 """The Dagster instance's configuration: the repository's copy is installed into dagster_home."""
 SAMPLE_ENTRY = "sample.json"
 IMAGE_ENTRY = "image.json"
+IMAGE_LANDING = "images"
+"""The folder inside the landing directory where DAPI-only images (TIFF files) are dropped for prediction."""
 """The record of an added DAPI-only image in ``images/<key>/``: its path, pixel size and channel."""
 """The registry's record of a sample in ``samples/<key>/``: which bundle, per-sample overrides."""
 BENCH_VIEW_SCREENSHOT = "bench_view_first_view.png"
@@ -331,6 +333,11 @@ class PredictionFiles:
     @property
     def summary(self) -> Path:
         return self.folder / "prediction.json"
+
+    @property
+    def end_to_end(self) -> Path:
+        """Segmentation and classification scores against the image's own Xenium sample, when it is a held-out one."""
+        return self.folder / "end_to_end.json"
 
     @property
     def dapi(self) -> Path:

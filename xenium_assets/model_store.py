@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 LATEST = "latest"
+CLASSIFIER_MODEL = "xenium-dapi-classifier"
+"""The registered name of the classifier trained_model logs."""
+SEGMENTER_MODEL = "xenium-nucleus-segmenter"
+"""The registered name of the segmenter nucleus_segmenter logs."""
 DEFAULT_FIX = "register a version of it (materialize the asset that trains it)"
 
 

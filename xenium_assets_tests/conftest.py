@@ -75,6 +75,22 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield data
 
 
+@pytest.fixture(scope="module")
+def screen():
+    """A display napari can draw on, or a skip that says what is missing."""
+    pytest.importorskip("napari", reason="napari is not installed: pip install -e '.[viewer]'")
+    from xenium_assets.viewer.display import DisplayUnavailable, qt_problem, virtual_display
+
+    try:
+        with virtual_display() as display:
+            problem = qt_problem()
+            if problem:
+                pytest.skip(problem)
+            yield display
+    except DisplayUnavailable as exc:
+        pytest.skip(str(exc))
+
+
 @pytest.fixture(scope="session")
 def extracted(bundles: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory):
     """The v3 session bundle through the patch pipeline, every tile extracted: (bundle, root, manifest, store,

@@ -197,7 +197,7 @@ def test_dask_resource_local_and_attached():
         cluster.close()
 
 
-@pytest.mark.parametrize("name", ["landing_sensor", "automation"])
+@pytest.mark.parametrize("name", ["landing_sensor", "image_landing_sensor", "automation"])
 def test_sensors_run_by_default(name):
     from dagster import DefaultSensorStatus
 

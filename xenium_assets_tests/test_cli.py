@@ -98,7 +98,11 @@ def test_dagster_asset_materialize_from_a_shell(project, bundles):
 
 def test_demo_end_to_end(project):
     result = _run(
-        [str(Path(sys.executable).parent / "xenium-assets"), "demo", "--cells", "400", "--size", "1024"], project
+        [
+            str(Path(sys.executable).parent / "xenium-assets"),
+            *("demo", "--cells", "400", "--size", "1024", "--segmenter-steps", "150"),
+        ],
+        project,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ("demo_a", "demo_b"):
@@ -118,14 +122,15 @@ def test_demo_end_to_end(project):
     # per sample: one run of its per-sample assets, one of its labels and one of all its tiles; the reference;
     # model and report
     runs = instance.get_runs()
-    assert len(runs) == 8
+    assert len(runs) == 12
     assert sorted(r.job_name for r in runs) == sorted(
-        ["ingest_sample"] * 2
-        + ["label_sample"] * 2
+        ["ingest_sample"] * 3
+        + ["label_sample"] * 3
         + ["cut_patch_shards"] * 2
-        + ["build_label_reference", "train_and_evaluate"]
+        + ["build_label_reference", "train_and_evaluate", "train_segmenter", "predict_image"]
     )  # named jobs, so the Runs page says what ran
-    assert sorted(instance.get_dynamic_partitions(SAMPLES)) == ["demo_a", "demo_b"]
+    assert sorted(instance.get_dynamic_partitions(SAMPLES)) == ["demo_a", "demo_b", "demo_new"]
+    _check_held_out_slide(instance, project, result.stdout)
     from xenium_assets.layout import ProjectPaths
     from xenium_assets.runs.demo import register_demo_bundles
 
@@ -135,6 +140,23 @@ def test_demo_end_to_end(project):
     _check_model_and_report(instance, project, result.stdout)
     _check_exports(project)
     _check_a_new_reference_relabels_without_re_cutting(project)
+
+
+def _check_held_out_slide(instance, project: Path, stdout: str) -> None:
+    """The third slide, labelled but never trained on, predicted from its DAPI image alone by the registered
+    segmenter and classifier, and scored against its own nuclei and labels."""
+    from dagster import AssetKey
+
+    assert "demo_new (its DAPI image alone) cell_predictions:" in stdout
+    event = instance.get_latest_materialization_event(AssetKey("cell_predictions"))
+    meta = event.asset_materialization.metadata
+    assert meta["segmenter_version"].value == "xenium-nucleus-segmenter/1"
+    assert meta["model_version"].value == "xenium-dapi-classifier/1"
+    assert meta["nuclei"].value > 100 and "held out from training" in meta["end_to_end"].value
+    low, high = meta["end_to_end_macro_f1_ci_low"].value, meta["end_to_end_macro_f1_ci_high"].value
+    assert low <= meta["end_to_end_macro_f1"].value <= high
+    assert 0 <= meta["end_to_end_segmentation_f1"].value <= 1 and "classifier_test_macro_f1" in meta
+    assert (project / "predictions" / "demo_new_dapi" / "end_to_end.json").exists()
 
 
 def _check_exports(project: Path) -> None:

@@ -14,7 +14,7 @@ from xenium_assets.defs.cell_labels import cell_labels
 from xenium_assets.defs.compute import DaskResource, PatchGeometry
 from xenium_assets.defs.dapi_zarr import dapi_zarr
 from xenium_assets.defs.label_reference import label_reference
-from xenium_assets.defs.partitions import SAMPLES
+from xenium_assets.defs.partitions import IMAGES, SAMPLES
 from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.raw_bundle import raw_bundle
 from xenium_assets.defs.resources import ProjectResource
@@ -57,6 +57,7 @@ def test_definitions_load():
         "trained_model": ("model", None, ["cell_labels", "patch_shards"]),
         "evaluation_report": ("model", None, ["trained_model"]),
         "nucleus_segmenter": ("model", None, ["trained_model"]),  # trains on the classifier's training tiles
+        "cell_predictions": ("prediction", IMAGES, ["nucleus_segmenter", "trained_model"]),  # per DAPI-only image
     }
     tiles = defs.resolve_assets_def("patch_shards").partitions_def
     assert [d.name for d in tiles.partitions_defs] == ["sample", "tile"]

@@ -37,6 +37,7 @@ ASSETS = {
     "trained_model",
     "evaluation_report",
     "nucleus_segmenter",
+    "cell_predictions",
 }
 CHECKS = {"qc_pass_fraction", "label_classes_above_minimum", "shards_match_index", "beats_chance"}
 SENSOR_TAG = "dagster/sensor_name"
@@ -221,6 +222,7 @@ def test_the_whole_graph_is_served(instance):
     assert repo["location"]["name"] == "xenium_assets"
     assert {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]} == {
         "landing_sensor": "RUNNING",
+        "image_landing_sensor": "RUNNING",
         "automation": "RUNNING",
     }
     assert [(s["name"], s["cronSchedule"]) for s in repo["schedules"]] == [("retrain_schedule", "0 3 * * 1")]

@@ -34,18 +34,17 @@ from xenium_assets_tests.conftest import build_shards, truth_keys
 
 SLIDE = dict(n_cells=1500, width=2048, height=2048)
 CLASSICAL = SegmenterChoice("classical", "classical", 7.0)
+TRAINING_SLIDES = (("a", 41), ("b", 44))
 
 
 @pytest.fixture(scope="module")
 def model(bundles, tmp_path_factory):
     """A small classifier on the deployable input (the default), trained on one synthetic slide."""
     root = tmp_path_factory.mktemp("prediction")
-    bundle = bundles("3", seed=41, **SLIDE)
-    shards = build_shards(bundle, root / "a", "a")
-    trained = train_model(
-        {"a": shards}, truth_keys({"a": bundle}), "truth-1", root / "model", train=TrainConfig(max_epochs=2, patience=2)
-    )
-    return trained.folder
+    slides = {name: bundles("3", seed=seed, **SLIDE) for name, seed in TRAINING_SLIDES}
+    shards = {name: build_shards(bundle, root / name, name) for name, bundle in slides.items()}
+    fast = TrainConfig(max_epochs=4, patience=4)
+    return train_model(shards, truth_keys(slides), "truth-1", root / "model", train=fast).folder
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +201,143 @@ def test_predict_command_names_a_missing_model_version_in_one_line(model, tmp_pa
     line = result.output.strip()
     assert "\n" not in line and "xenium-dapi-classifier" in line and "trained_model" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_added_image_is_predicted_by_the_asset_with_its_metadata(project, model, bundles, tmp_path):
+    """add-image opens and records the image and adds its partition; cell_predictions predicts it on a real instance
+    (dask, the project's folders) and reports counts, classes, the picture and timings; a refused image says why."""
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from xenium_assets.cli import main
+    from xenium_assets.defs.cell_predictions import cell_predictions
+    from xenium_assets.defs.compute import DaskResource
+    from xenium_assets.defs.partitions import IMAGES
+    from xenium_assets.defs.resources import ProjectResource
+
+    tiff = tmp_path / "Slide 7.tif"
+    tifffile.imwrite(tiff, read_bundle_nuclei(bundles("3", seed=43, **SLIDE)).window(Window(0, 0, 1024, 1024)).image)
+    refused = CliRunner().invoke(main, ["add-image", str(tiff)])
+    assert refused.exit_code == 2 and "pixel size" in refused.output and "\n" not in refused.output.strip()
+    added = CliRunner().invoke(main, ["add-image", str(tiff), "--pixel-size", "0.2125"])
+    assert added.exit_code == 0 and "added image 'Slide_7'" in added.output, added.output
+    again = CliRunner().invoke(main, ["add-image", str(tiff), "--pixel-size", "0.2125"])
+    assert "nothing to do" in again.output
+    instance = DagsterInstance.get()
+    assert instance.get_dynamic_partitions(IMAGES) == ["Slide_7"]
+    config = {"ops": {"cell_predictions": {"config": {"model": str(model), "segmenter": "classical", "tile_px": 1024}}}}
+    resources = {"project": ProjectResource(data_dir=str(project)), "dask": DaskResource(n_workers=1)}
+    result = materialize(
+        [cell_predictions], partition_key="Slide_7", instance=instance, resources=resources, run_config=config
+    )
+    assert result.success
+    meta = instance.get_latest_materialization_event(AssetKey("cell_predictions")).asset_materialization.metadata
+    nuclei = gpd.read_parquet(PredictionFiles(project / "predictions" / "Slide_7").nuclei)
+    assert meta["nuclei"].value == len(nuclei) > 200
+    assert meta["path"].value == str(project / "predictions" / "Slide_7")
+    assert meta["segmenter_version"].value == "classical" and meta["model_version"].value == model.name
+    assert "data:image/png;base64," in meta["overview"].value and meta["nuclei_per_second"].value > 0
+    for name in ("seconds", "segmentation_seconds", "classification_seconds"):
+        assert meta[name].value >= 0
+    logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+    assert any("segment and classify" in m for m in logs)
+
+
+def test_image_landing_sensor_adds_complete_images_once(project, tmp_path):
+    from dagster import DagsterInstance, build_sensor_context
+
+    from xenium_assets.defs.resources import ProjectResource
+    from xenium_assets.defs.sensors import image_landing_sensor
+
+    landing = project / "landing" / "images"
+    landing.mkdir(parents=True)
+    tifffile.imwrite(landing / "unsized.tif", np.zeros((256, 256), dtype=np.uint16))
+    instance = DagsterInstance.get()
+    resource = ProjectResource(data_dir=str(project))
+
+    def looks(cursor, n=2):  # a file is complete when its size is unchanged between two looks
+        requests, skips = [], []
+        for _ in range(n):
+            context = build_sensor_context(instance=instance, cursor=cursor, resources={"project": resource})
+            result = image_landing_sensor(context)
+            cursor = result.cursor
+            requests += result.run_requests or []
+            skips.append(result.skip_reason.skip_message if result.skip_reason else "")
+        return cursor, requests, skips
+
+    cursor, requests, skips = looks(None)
+    assert not requests and any("unsized.tif" in s and "pixel size" in s for s in skips), skips
+    tifffile.imwrite(
+        landing / "new.tif",
+        np.zeros((256, 256), dtype=np.uint16),
+        resolution=(1 / 0.2125, 1 / 0.2125),
+        metadata={"unit": "um"},
+        imagej=True,
+    )
+    cursor, requests, _ = looks(cursor)
+    assert [r.partition_key for r in requests] == ["new"]
+    _, again, _ = looks(cursor)
+    assert not again  # each file's content once
+
+
+def test_view_shows_an_images_nuclei_in_their_predicted_classes(screen, predicted):
+    """The viewer of a prediction: the DAPI pyramid, nucleus outlines, and each nucleus in its predicted class's
+    colour, lazily from the label pyramid; the legend's counts are the table's."""
+    from xenium_assets.viewer.app import DAPI, NUCLEI, PREDICTED
+    from xenium_assets.viewer.predictions import build_prediction_viewer
+
+    result, files, _ = predicted
+    viewer = build_prediction_viewer(files, "slide", show=False)
+    try:
+        assert [layer.name for layer in viewer.layers] == [DAPI, NUCLEI, PREDICTED]
+        layer = viewer.layers[PREDICTED]
+        counts = {layer.metadata["classes"][code]: n for code, n in layer.metadata["counts"].items()}
+        assert counts == result.per_class
+        nuclei = gpd.read_parquet(files.nuclei)
+        level0 = np.asarray(layer.data[0][:512, :512])
+        ids = np.asarray(zarr.open_array(str(files.labels / "0"), mode="r")[:512, :512])
+        codes = dict(zip(nuclei["nucleus_id"], nuclei["predicted_class"].cat.codes + 1, strict=True))
+        some = np.flatnonzero(ids.ravel())[::97]
+        assert len(some) > 10
+        assert all(level0.ravel()[i] == codes[ids.ravel()[i]] for i in some)
+    finally:
+        viewer.close()
+
+
+def test_end_to_end_scores_a_held_out_slide_against_its_own_nuclei_and_labels(predicted, model, bundles):
+    """The slide predicted from its DAPI alone, against its Xenium nuclei and true classes: segmentation F1 from
+    one-to-one IoU > 0.5 matches, macro-F1 on matched nuclei with an interval from resampled tiles; and a shuffle of
+    the predicted classes over the nuclei scores lower (the figure measures the classes, not the matching)."""
+    from xenium_assets.bundle.validate import inspect_bundle
+    from xenium_assets.prediction.evaluate import end_to_end, xenium_nuclei
+    from xenium_assets.synth.generate import truth_labels
+
+    result, files, _ = predicted
+    bundle = bundles("3", seed=42, **SLIDE)
+    ids, polygons = xenium_nuclei(inspect_bundle(bundle))
+    truth = truth_labels(bundle, "held_out").set_index("cell_id")["label"]
+    nuclei = gpd.read_parquet(files.nuclei)
+    classes = DeployedClassifier.load(model).classes
+    scored = end_to_end(nuclei, ids, polygons, truth, classes, (2048, 2048), 0.2125)
+    assert scored.segmentation_f1 > 0.9 and scored.n_matched > 1000 and 0.5 < scored.mean_matched_iou <= 1
+    assert scored.n_labelled_matched == scored.n_matched and scored.n_blocks > 30
+    assert scored.macro_f1_ci_low <= scored.macro_f1 <= scored.macro_f1_ci_high
+    shuffled = nuclei.assign(predicted_class=nuclei["predicted_class"].sample(frac=1, random_state=0).to_numpy())
+    chance = end_to_end(shuffled, ids, polygons, truth, classes, (2048, 2048), 0.2125)
+    assert chance.macro_f1 < scored.macro_f1 - 0.1, (chance.macro_f1, scored.macro_f1)
+
+
+def test_report_shows_what_the_xenium_boundary_adds_over_the_deployable_input(model, bundles, tmp_path):
+    """A model on the deployable input gets a comparison model trained on dapi_masks, on the same cells, and the
+    paired difference with its block-bootstrap interval."""
+    from xenium_assets.training.run import ReportOptions, evaluate_model
+
+    slides = {name: bundles("3", seed=seed, **SLIDE) for name, seed in TRAINING_SLIDES}
+    shards = {name: model.parent / name / "shards" for name in slides}
+    options = ReportOptions(loso_max_folds=0, cell_only_model=False, extra_max_epochs=1, morphology_train_cells=300)
+    ev, _ = evaluate_model(model, shards, truth_keys(slides), "truth-1", tmp_path, options=options)
+    assert {"cnn", "cnn_boundary"} <= set(ev.models)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (
+        metrics["boundary_minus_cnn_ci_low"] <= metrics["boundary_minus_cnn"] <= metrics["boundary_minus_cnn_ci_high"]
+    )
+    assert "CNN with the Xenium cell boundary" in (tmp_path / "report.md").read_text()

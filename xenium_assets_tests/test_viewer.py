@@ -180,22 +180,6 @@ def test_core_never_imports_napari():
 # ---- napari, headless ----
 
 
-@pytest.fixture(scope="module")
-def screen():
-    """A display napari can draw on, or a skip that says what is missing."""
-    pytest.importorskip("napari", reason="napari is not installed: pip install -e '.[viewer]'")
-    from xenium_assets.viewer.display import DisplayUnavailable, qt_problem, virtual_display
-
-    try:
-        with virtual_display() as display:
-            problem = qt_problem()
-            if problem:
-                pytest.skip(problem)
-            yield display
-    except DisplayUnavailable as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.fixture
 def viewer(screen, viewed):
     from xenium_assets.viewer.app import build_viewer

@@ -164,7 +164,8 @@ def draw(out: Path = OUT) -> Path:
     ax.legend(
         handles=[Patch(fc=colour[g], ec="0.3", label=g) for g in groups],
         title="asset group",
-        loc="upper right",
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),  # below the graph: no box lies under it
         ncol=len(groups),
         fontsize=8,
         title_fontsize=8,

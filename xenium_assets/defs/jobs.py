@@ -4,10 +4,12 @@ say what ran (an unnamed selection runs as ``__ASSET_JOB`` or ``__ephemeral_asse
 from dagster import AssetSelection, define_asset_job
 
 from xenium_assets.defs.cell_labels import cell_labels
+from xenium_assets.defs.cell_predictions import cell_predictions
 from xenium_assets.defs.dapi_zarr import dapi_zarr
 from xenium_assets.defs.evaluation_report import evaluation_report
 from xenium_assets.defs.label_reference import label_reference
-from xenium_assets.defs.partitions import sample_partitions, sample_tile_partitions
+from xenium_assets.defs.nucleus_segmenter import nucleus_segmenter
+from xenium_assets.defs.partitions import image_partitions, sample_partitions, sample_tile_partitions
 from xenium_assets.defs.patch_shards import patch_shards
 from xenium_assets.defs.qc_adata import qc_adata
 from xenium_assets.defs.raw_bundle import raw_bundle
@@ -45,4 +47,23 @@ training_job = define_asset_job(
     tags={"xenium-assets/training": "true"},
     description="The classifier trained on every sample's shards, then its evaluation report.",
 )
-JOBS = [ingest_sample_job, label_reference_job, cell_labels_job, patch_shards_job, training_job]
+segmenter_job = define_asset_job(
+    "train_segmenter",
+    selection=AssetSelection.assets(nucleus_segmenter),
+    description="The nucleus segmenter trained on the classifier's training tiles, registered in MLflow.",
+)
+predict_image_job = define_asset_job(
+    "predict_image",
+    selection=AssetSelection.assets(cell_predictions),
+    partitions_def=image_partitions,
+    description="One DAPI-only image's nuclei segmented and classified by the registered model.",
+)
+JOBS = [
+    ingest_sample_job,
+    label_reference_job,
+    cell_labels_job,
+    patch_shards_job,
+    training_job,
+    segmenter_job,
+    predict_image_job,
+]

@@ -7,7 +7,7 @@ from pathlib import Path
 from dagster import ConfigurableResource, Failure
 
 from xenium_assets.bundle.manifest import Manifest, read_manifest
-from xenium_assets.layout import ProjectPaths
+from xenium_assets.layout import IMAGE_LANDING, ProjectPaths
 from xenium_assets.registry import SampleEntry, SampleRegistry
 
 
@@ -25,6 +25,17 @@ class ProjectResource(ConfigurableResource):
     @property
     def landing(self) -> Path:
         return Path(self.landing_dir).resolve() if self.landing_dir else self.paths.landing_dir
+
+    @property
+    def image_landing(self) -> Path:
+        """Where DAPI-only images are dropped for prediction: a folder inside the landing directory."""
+        return self.landing / IMAGE_LANDING
+
+    @property
+    def images(self):  # -> ImageRegistry (imported when used: it reads images, which loading definitions does not)
+        from xenium_assets.images.entries import ImageRegistry
+
+        return ImageRegistry(self.paths)
 
     @property
     def registry(self) -> SampleRegistry:

@@ -16,10 +16,10 @@ from dagster import (
 
 from xenium_assets.bundle.errors import BundleError
 from xenium_assets.bundle.validate import inspect_bundle
-from xenium_assets.defs.jobs import PER_SAMPLE, ingest_sample_job
-from xenium_assets.defs.partitions import sample_partitions
+from xenium_assets.defs.jobs import PER_SAMPLE, ingest_sample_job, predict_image_job
+from xenium_assets.defs.partitions import image_partitions, sample_partitions
 from xenium_assets.defs.resources import ProjectResource
-from xenium_assets.landing import LandingState, look
+from xenium_assets.landing import LandingState, image_candidates, look
 
 PER_SAMPLE_KEYS = [a.key for a in PER_SAMPLE]
 INTERVAL_ENV = "XENIUM_ASSETS_SENSOR_INTERVAL"
@@ -78,6 +78,42 @@ def landing_sensor(context: SensorEvaluationContext, project: ProjectResource) -
     return SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[sample_partitions.build_add_request(keys)] if keys else [],
+        cursor=cursor,
+        skip_reason=SkipReason(" | ".join(skipped)) if skipped and not requests else None,
+    )
+
+
+@sensor(
+    name="image_landing_sensor",
+    minimum_interval_seconds=_interval(),
+    default_status=DefaultSensorStatus.RUNNING,
+    job=predict_image_job,
+    description="Adds each completely copied TIFF in data/landing/images (the project's landing_dir/images) as an "
+    "image partition and runs cell_predictions for it; the cursor makes each file's content run once, and an image "
+    "that cannot be read (no pixel size, no DAPI channel) is skipped with the reason.",
+)
+def image_landing_sensor(context: SensorEvaluationContext, project: ProjectResource) -> SensorResult | SkipReason:
+    state = LandingState.from_json(json.loads(context.cursor) if context.cursor else None)
+    ready, state = look(project.image_landing, state, find=image_candidates)
+    cursor = json.dumps(state.to_json())
+    if not ready:
+        return SensorResult(skip_reason=SkipReason("no new image"), cursor=cursor)
+    images = project.images
+    keys, requests, skipped = [], [], []
+    for path in ready:
+        try:
+            entry, _ = images.add(path)
+        except ValueError as exc:  # ImageError: one line naming the file and the fix
+            skipped.append(str(exc))
+            context.log.warning(f"skipped an image: {exc}")
+            continue
+        keys.append(entry.key)
+        fingerprint = state.done[str(path.resolve())]
+        requests.append(RunRequest(partition_key=entry.key, run_key=f"{entry.key}:{fingerprint[:12]}"))
+        context.log.info(f"new image {path} -> {entry.key}")
+    return SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[image_partitions.build_add_request(keys)] if keys else [],
         cursor=cursor,
         skip_reason=SkipReason(" | ".join(skipped)) if skipped and not requests else None,
     )

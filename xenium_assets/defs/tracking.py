@@ -15,11 +15,10 @@ from typing import Any
 
 from dagster import Field, HookDefinition, HookExecutionResult, InitResourceContext, Noneable, resource
 
-from xenium_assets.model_store import local_tracking_uri
+from xenium_assets.model_store import CLASSIFIER_MODEL, SEGMENTER_MODEL, local_tracking_uri
 
 EXPERIMENT = "xenium-assets"
-REGISTERED_MODEL = "xenium-dapi-classifier"
-SEGMENTER_MODEL = "xenium-nucleus-segmenter"
+REGISTERED_MODEL = CLASSIFIER_MODEL
 TRAINED_BY = {REGISTERED_MODEL: "trained_model", SEGMENTER_MODEL: "nucleus_segmenter"}
 """The asset that registers each model's versions: the fix when a version is missing (``model_store.resolve``)."""
 MODEL_PACKAGES = ("torch", "torchvision", "timm")

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xenium_assets.layout import ModelFiles, ProjectPaths, SegmenterFiles
-from xenium_assets.model_store import ModelNotFound, parse_model, resolve
+from xenium_assets.model_store import CLASSIFIER_MODEL, SEGMENTER_MODEL, ModelNotFound, parse_model, resolve
 from xenium_assets.prediction.tiles import SegmenterChoice
 
-CLASSIFIER = "xenium-dapi-classifier"
-SEGMENTER = "xenium-nucleus-segmenter"
 CLASSICAL = "classical"
 DEFAULT_NUCLEUS_DIAMETER_UM = 7.0
 """A mammalian nucleus's typical diameter: the classical segmenter's scale when no learned segmenter gives one."""
@@ -29,7 +27,7 @@ def choose_classifier(paths: ProjectPaths, tracking_uri: str, model: str | None)
     version whose files are not in the project is fetched from MLflow's artifacts."""
     if model is not None and ModelFiles(Path(model)).card.exists():
         return ChosenClassifier(Path(model).resolve(), Path(model).resolve().name)
-    name, version = parse_model(model) if model else (CLASSIFIER, None)
+    name, version = parse_model(model) if model else (CLASSIFIER_MODEL, None)
     found = resolve(tracking_uri, name, version, fix="materialize trained_model")
     folder = paths.model(found.run_id).folder
     if not ModelFiles(folder).card.exists():
@@ -45,7 +43,7 @@ def choose_segmenter(
     if segmenter == CLASSICAL:
         size = nucleus_diameter_um or DEFAULT_NUCLEUS_DIAMETER_UM
         return SegmenterChoice(CLASSICAL, CLASSICAL, size), []
-    name, version = parse_model(segmenter) if segmenter else (SEGMENTER, None)
+    name, version = parse_model(segmenter) if segmenter else (SEGMENTER_MODEL, None)
     try:
         found = resolve(tracking_uri, name, version, fix="materialize nucleus_segmenter")
     except ModelNotFound as exc:

@@ -37,8 +37,6 @@ from xenium_assets.prediction.tiles import (
 from xenium_assets.progress import Progress, no_progress
 
 LABEL_CHUNK = 1024
-DEFAULT_NUCLEUS_DIAMETER_UM = 7.0
-"""A mammalian nucleus's typical diameter, used when the segmenter's card does not give its training nuclei's."""
 
 
 @dataclass(frozen=True)
@@ -295,12 +293,16 @@ def _write_spatialdata(files: PredictionFiles, nuclei, dapi, levels: int) -> Non
     if len(nuclei):
         shapes = nuclei[["nucleus_id", "geometry"]].set_index("nucleus_id")
         shapes.index = shapes.index.astype(str)
-        obs = pd.DataFrame(nuclei.drop(columns="geometry"))
+        # Class names may hold characters a table's column names may not (spatialdata validates them): the
+        # probabilities go in obsm, in the order of uns["classes"].
+        probs = [c for c in nuclei.columns if c.startswith("prob_")]
+        obs = pd.DataFrame(nuclei.drop(columns=["geometry", *probs]))
         obs["region"] = pd.Categorical(["nuclei"] * len(obs))
         obs.index = obs["nucleus_id"].astype(str).to_numpy()
         obs["nucleus_id"] = obs.index
-        table = ad.AnnData(obs=obs)
+        table = ad.AnnData(obs=obs, uns={"classes": [c.removeprefix("prob_") for c in probs]})
         table.obsm["spatial"] = nuclei[["centroid_x_um", "centroid_y_um"]].to_numpy()
+        table.obsm["probabilities"] = nuclei[probs].to_numpy()
         elements["shapes"] = {"nuclei": ShapesModel.parse(shapes)}
         elements["tables"] = {
             "table": TableModel.parse(table, region="nuclei", region_key="region", instance_key="nucleus_id")

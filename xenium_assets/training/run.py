@@ -21,9 +21,9 @@ import torch
 from xenium_assets.atomic import atomic_file, write_json
 from xenium_assets.labels.table import MIN_CLASS_CELLS
 from xenium_assets.layout import ModelFiles, ReportFiles
+from xenium_assets.patches.masks import DEFAULT_REPRESENTATION, NEEDS_CELL_BOUNDARY
 from xenium_assets.training import report as figures
 from xenium_assets.training.data import (
-    NEEDS_CELL_BOUNDARY,
     DataConfig,
     PatchDataModule,
     ShardFormatError,
@@ -110,7 +110,7 @@ def select_classes(index: pd.DataFrame, min_cells: int) -> tuple[list[str], dict
 
 
 def labelled_index(
-    sample_dirs: dict[str, Path], labels: pd.DataFrame, representation: str
+    sample_dirs: dict[str, Path], labels: pd.DataFrame, representation: str = DEFAULT_REPRESENTATION
 ) -> tuple[pd.DataFrame, dict[str, tuple[float, float]]]:
     """The shard index of the cells with a usable label, the label joined on by key; the DAPI percentiles. Shards
     without the masks ``representation`` reads are refused."""
