@@ -145,6 +145,11 @@ def synth(
     )
 
 
+def _channel(value: str | None) -> str | int | None:
+    """``--channel``: an index when it is a number, else a channel name."""
+    return int(value) if value is not None and value.isdigit() else value
+
+
 def _origin(value: str | None) -> tuple[float, float] | None:
     if value is None:
         return None
@@ -234,9 +239,7 @@ def add_image(image: Path, key: str | None, pixel_size: float | None, channel: s
 
     paths = ProjectPaths.default()
     try:
-        entry, created = ImageRegistry(paths).add(
-            image, key, pixel_size_um=pixel_size, channel=int(channel) if channel and channel.isdigit() else channel
-        )
+        entry, created = ImageRegistry(paths).add(image, key, pixel_size_um=pixel_size, channel=_channel(channel))
     except ValueError as exc:
         _fail(f"refused: {exc}")
     instance = project_instance(paths)
@@ -290,7 +293,7 @@ def predict(
             model=model,
             segmenter=segmenter,
             pixel_size_um=pixel_size,
-            channel=int(channel) if channel is not None and channel.isdigit() else channel,
+            channel=_channel(channel),
             nucleus_diameter_um=nucleus_diameter,
             workers=workers,
             tile_px=tile_px,

@@ -134,6 +134,7 @@ def against_sample(
     """The end-to-end figures when the predicted image is the morphology image of a registered sample that the model
     was not trained on and that has labels in the model's label version; otherwise None and why not."""
     from xenium_assets.bundle.validate import inspect_bundle
+    from xenium_assets.labels.store import read_labels
     from xenium_assets.registry import SampleRegistry
 
     if not Path(image_path).is_dir():
@@ -145,10 +146,9 @@ def against_sample(
     if entry.key in model_card["samples"] and not held_out:
         return None, f"sample {entry.key!r} was in the model's training data: no end-to-end figures from it"
     version = model_card["label_version"]
-    labels_path = paths.sample_labels(entry.key, version)
-    if not labels_path.exists():
+    table, unlabelled = read_labels(paths, [entry.key], version)
+    if unlabelled:
         return None, f"sample {entry.key!r} has no labels in {version}: materialize cell_labels for it to compare"
-    table = pd.read_parquet(labels_path, columns=["cell_id", "label", "excluded_reason"])
     usable = table[table["excluded_reason"] == ""].set_index("cell_id")["label"]
     report = inspect_bundle(
         entry.bundle_dir, pixel_size_um=entry.pixel_size_um, image_origin_um=entry.image_origin_um or (0.0, 0.0)

@@ -275,7 +275,8 @@ def _extra_train(card: dict, options: ReportOptions) -> TrainConfig:
     return replace(train, max_epochs=options.extra_max_epochs) if options.extra_max_epochs else train
 
 
-def _with_boundary(
+def _comparison_cnn(
+    representation: str,
     index: pd.DataFrame,
     splits: pd.Series,
     card: dict,
@@ -285,35 +286,14 @@ def _with_boundary(
     test_keys: pd.Series,
     report: Callable[[str], None],
 ) -> np.ndarray:
-    """Predictions of a CNN trained on the same cells with the Xenium cell boundary (dapi_masks)."""
-    report("training the comparison CNN on dapi_masks (with the Xenium cell boundary)")
-    data = replace(DataConfig(**card["data"]), representation="dapi_masks")
+    """Test predictions of a CNN trained on the same cells and splits as the model, reading ``representation``: the
+    cell alone (what the surroundings add), or the Xenium cell boundary (what it adds over the deployable input)."""
+    report(f"training the comparison CNN on {representation}")
+    data = replace(DataConfig(**card["data"]), representation=representation)
     result, dm = _fit(
         index, splits, card["classes"], percentiles, data, _extra_train(card, options), out_dir, None, report
     )
     return predict(result.checkpoint, dm).set_index("key").loc[test_keys, "pred"].to_numpy()
-
-
-def _cell_only(
-    index: pd.DataFrame,
-    splits: pd.Series,
-    card: dict,
-    percentiles: dict,
-    options: ReportOptions,
-    out_dir: Path,
-    test_keys: pd.Series,
-    report: Callable[[str], None],
-) -> tuple[np.ndarray, str]:
-    """Predictions of a CNN trained on the same cells with the cell alone (masked DAPI; with the full patch when
-    the model itself reads masked DAPI), and that representation."""
-    data = DataConfig(**card["data"])
-    other = "dapi_masks" if data.representation == "masked_dapi" else "masked_dapi"
-    report(f"training the comparison CNN on {other}")
-    data = replace(data, representation=other)
-    result, dm = _fit(
-        index, splits, card["classes"], percentiles, data, _extra_train(card, options), out_dir, None, report
-    )
-    return predict(result.checkpoint, dm).set_index("key").loc[test_keys, "pred"].to_numpy(), other
 
 
 def leave_one_sample_out(
@@ -434,13 +414,14 @@ def evaluate_model(
     # The extra models only answer questions in the report: their checkpoints are not kept (nor logged to MLflow).
     scratch = Path(tempfile.mkdtemp(prefix="extra-models-"))
     try:
+        shared = (index, splits, card, percentiles, options)
         if options.cell_only_model:
-            predictions["cnn_cell"], cell_repr = _cell_only(
-                index, splits, card, percentiles, options, scratch / "cell_only", test["key"], report
-            )
+            # The cell alone is masked DAPI; with the full patch when the model itself reads masked DAPI.
+            cell_repr = "dapi_masks" if card["data"]["representation"] == "masked_dapi" else "masked_dapi"
+            predictions["cnn_cell"] = _comparison_cnn(cell_repr, *shared, scratch / "cell_only", test["key"], report)
         if options.boundary_model and card["data"]["representation"] not in NEEDS_CELL_BOUNDARY:
-            predictions["cnn_boundary"] = _with_boundary(
-                index, splits, card, percentiles, options, scratch / "boundary", test["key"], report
+            predictions["cnn_boundary"] = _comparison_cnn(
+                "dapi_masks", *shared, scratch / "boundary", test["key"], report
             )
         loso = None
         if options.loso_max_folds and index["sample"].nunique() >= 2:
