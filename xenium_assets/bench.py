@@ -587,10 +587,11 @@ def bench_segmentation(
     from xenium_assets.raster import Window, tile_windows
     from xenium_assets.segmentation.bundle_nuclei import read_bundle_nuclei
     from xenium_assets.segmentation.classical import segment_nuclei
-    from xenium_assets.segmentation.learned import LearnedSegmenter, SegmenterConfig, train_segmenter
+    from xenium_assets.segmentation.learned import LearnedSegmenter, SegmenterConfig
     from xenium_assets.segmentation.metrics import match
     from xenium_assets.segmentation.reference_images import reference_images
     from xenium_assets.segmentation.touching import touching_recall
+    from xenium_assets.segmentation.training import train_segmenter
 
     progress = TqdmProgress()
     cache.mkdir(parents=True, exist_ok=True)
@@ -745,7 +746,8 @@ def _predict_segmenter(cache: Path, kind: str, steps: int | None):
     from xenium_assets.prediction.tiles import SegmenterChoice
     from xenium_assets.raster import Window
     from xenium_assets.segmentation.bundle_nuclei import read_bundle_nuclei
-    from xenium_assets.segmentation.learned import SegmenterConfig, train_segmenter
+    from xenium_assets.segmentation.learned import SegmenterConfig
+    from xenium_assets.segmentation.training import train_segmenter
 
     bundle = _bench_bundle(cache, "seg_train_2048px_1500cells_crowded", 1500, 2048, seed=31, crowding=0.5)
     nuclei = read_bundle_nuclei(bundle)
@@ -797,7 +799,7 @@ def _inference_device(model_dir: str, checkpoint: str | None) -> str:
 
     devices = {str(next(tiles._classifier(model_dir).module.parameters()).device)}
     if checkpoint is not None:
-        devices.add(str(tiles._learned(checkpoint).module.device))
+        devices.add(str(next(tiles._learned(checkpoint).module.parameters()).device))
     return ",".join(sorted(devices))
 
 

@@ -147,11 +147,13 @@ def truth_keys(bundles: dict[str, Path]):
     return usable_labels(pd.concat([truth_labels(bundle, sample) for sample, bundle in bundles.items()]))
 
 
-def assert_leaves_unloaded(modules: tuple[str, ...], unwanted: tuple[str, ...]) -> None:
-    """Import ``modules`` in a fresh interpreter and fail, naming them, if any of ``unwanted`` came with them."""
+def assert_leaves_unloaded(modules: tuple[str, ...], unwanted: tuple[str, ...], then: str = "") -> None:
+    """Import ``modules`` in a fresh interpreter (and run the statements ``then``) and fail, naming them, if any of
+    ``unwanted`` came with them."""
     code = (
         f"import sys, {', '.join(modules)};"
-        f"bad = [m for m in {unwanted!r} if m in sys.modules];"
+        + (f"{then};" if then else "")
+        + f"bad = [m for m in {unwanted!r} if m in sys.modules];"
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

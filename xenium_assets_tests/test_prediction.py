@@ -30,7 +30,7 @@ from xenium_assets.segmentation.bundle_nuclei import read_bundle_nuclei
 from xenium_assets.segmentation.metrics import match
 from xenium_assets.training.run import train_model
 from xenium_assets.training.train import TrainConfig
-from xenium_assets_tests.conftest import build_shards, truth_keys
+from xenium_assets_tests.conftest import assert_leaves_unloaded, build_shards, truth_keys
 
 SLIDE = dict(n_cells=1500, width=2048, height=2048)
 CLASSICAL = SegmenterChoice("classical", "classical", 7.0)
@@ -131,6 +131,28 @@ def test_spatialdata_opens_with_image_labels_shapes_and_table(predicted):
     assert len(sdata.shapes["nuclei"]) == result.nuclei == sdata.tables["table"].n_obs
     assert "predicted_class" in sdata.tables["table"].obs
     assert files.overview.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_deployed_classifier_is_the_trained_network_without_lightning(model):
+    """Prediction loads the bare backbone from the checkpoint: the trained module's logits, and no Lightning (nor
+    WebDataset) in a prediction worker."""
+    import torch
+
+    from xenium_assets.layout import ModelFiles
+    from xenium_assets.training.model import CellClassifier
+
+    deployed = DeployedClassifier.load(model)
+    trained = CellClassifier.load_from_checkpoint(ModelFiles(model).checkpoint, map_location="cpu").eval()
+    x = torch.rand(8, 3, deployed.input_px, deployed.input_px, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(deployed.module(x), trained(x))
+    assert_leaves_unloaded(
+        ("numpy as np", "xenium_assets.prediction.run", "xenium_assets.prediction.tiles as tiles"),
+        ("lightning", "pytorch_lightning", "torchmetrics", "webdataset"),
+        then=f"c = tiles._classifier({str(model)!r}); "
+        "p = c.probabilities(np.zeros((4, 94, 94), np.uint16), np.ones((4, 94, 94), np.uint8), 0.0, 1.0); "
+        "assert p.shape == (4, len(c.classes))",
+    )
 
 
 def test_inference_cuts_the_patches_training_cut(extracted):

@@ -14,18 +14,14 @@ from xenium_assets.segmentation.learned import (
     BOUNDARY,
     INTERIOR,
     AssemblyParams,
-    CropDataset,
     LearnedSegmenter,
-    NucleusUnet,
     SegmenterConfig,
     assemble,
-    prepare,
-    targets,
-    train_segmenter,
 )
 from xenium_assets.segmentation.metrics import match, pool
 from xenium_assets.segmentation.touching import touching_ids, touching_recall
-from xenium_assets_tests.conftest import SHARED
+from xenium_assets.segmentation.training import CropDataset, NucleusUnet, prepare, targets, train_segmenter
+from xenium_assets_tests.conftest import SHARED, assert_leaves_unloaded
 
 REAL_NUCLEI = SHARED / "real_nuclei" / "dsb2018_stage1_test_fluo"
 TINY = SegmenterConfig(crop=64, batch_size=4, steps=24, val_every=12, val_crops=4, seed=3)
@@ -164,6 +160,23 @@ def test_tiled_inference_equals_untiled_away_from_tile_borders(nuclei, trained):
         values = np.unique(tiled[r, c])
         assert len(values) == 1 and values[0] > 0
         assert (tiled == values[0]).sum() == len(r)
+
+
+def test_learned_segmenter_loads_the_trained_network_without_lightning(trained):
+    """The segmenter reads its weights from the checkpoint into the bare U-Net: the trained module's outputs, and
+    no Lightning in a prediction worker."""
+    fit, segmenter = trained
+    module = NucleusUnet.load_from_checkpoint(fit.checkpoint, map_location="cpu").eval()
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(segmenter.module(x), module(x))
+    assert segmenter.config == module.config
+    assert_leaves_unloaded(
+        ("numpy as np", "xenium_assets.prediction.tiles as tiles"),
+        ("lightning", "pytorch_lightning", "torchmetrics"),
+        then=f"s = tiles._learned({str(fit.checkpoint)!r}); "
+        "assert s.segment(np.zeros((96, 96), np.float32), 8.0).shape == (96, 96)",
+    )
 
 
 @pytest.mark.skipif(

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from xenium_assets.training.data import DataConfig, PatchDataModule, augment, load_index, shard_splits, to_input
+from xenium_assets.training.data import DataConfig, PatchDataModule, augment, load_index, shard_splits
 from xenium_assets.training.morphology import nucleus_hull_area
 from xenium_assets.training.report import where_the_signal_lies
 from xenium_assets.training.run import (
@@ -21,6 +21,7 @@ from xenium_assets.training.run import (
     train_model,
 )
 from xenium_assets.training.splits import BUFFER, SplitConfig, cell_splits, spatial_split, split_summary
+from xenium_assets.training.tensors import to_input
 from xenium_assets.training.train import TrainConfig, predict
 from xenium_assets_tests.conftest import build_shards, truth_keys
 

@@ -107,8 +107,9 @@ def nucleus_segmenter(context: AssetExecutionContext, config: NucleusSegmenterCo
     import numpy as np
 
     from xenium_assets.segmentation.classical import segment_nuclei
-    from xenium_assets.segmentation.learned import LearnedSegmenter, NucleusUnet, SegmenterConfig, train_segmenter
+    from xenium_assets.segmentation.learned import LearnedSegmenter, SegmenterConfig
     from xenium_assets.segmentation.tile_pairs import evaluate_tiles, pick, tile_windows, training_pairs
+    from xenium_assets.segmentation.training import train_segmenter
 
     project = context.resources.project
     tracking = context.resources.mlflow
@@ -183,10 +184,9 @@ def nucleus_segmenter(context: AssetExecutionContext, config: NucleusSegmenterCo
             tracking.log_metric("segmenter_val_loss", float(row.val_loss), step=int(row.step))
     for path in (files.card, files.history, files.per_image, fit.checkpoint):
         tracking.log_artifact(str(path), artifact_path="segmenter")
-    module = NucleusUnet.load_from_checkpoint(fit.checkpoint, map_location="cpu").eval()
     side = 4 * 2**segmenter_config.encoder_depth
     logged = mlflow.pytorch.log_model(
-        module.net,
+        learned.module,
         name="segmenter",
         input_example=np.zeros((1, 1, side, side), dtype=np.float32),
         registered_model_name=SEGMENTER_MODEL,

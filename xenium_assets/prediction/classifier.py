@@ -22,7 +22,8 @@ class ModelInputError(ValueError):
 
 @dataclass
 class DeployedClassifier:
-    """The network, its classes and the patches it was trained on."""
+    """The network (the bare timm backbone: prediction loads no Lightning), its classes and the patches it was
+    trained on."""
 
     module: object
     classes: list[str]
@@ -36,7 +37,7 @@ class DeployedClassifier:
     def load(cls, folder: str | Path) -> DeployedClassifier:
         """The model in ``folder`` (``ModelFiles``); a ModelInputError naming the fix when its input needs the Xenium
         cell boundary or its card predates what prediction needs."""
-        from xenium_assets.training.model import CellClassifier
+        from xenium_assets.training.backbone import load_backbone
 
         files = ModelFiles(Path(folder))
         if not files.card.exists():
@@ -54,7 +55,7 @@ class DeployedClassifier:
             raise ModelInputError(
                 f"{files.card}: trained before model cards recorded their patches; re-materialize trained_model"
             )
-        module = CellClassifier.load_from_checkpoint(files.folder / card["checkpoint"], map_location="cpu").eval()
+        module = load_backbone(files.folder / card["checkpoint"])
         spec = PatchSpec(
             size_um=patch["size_um"], pixel_size_um=patch["pixel_size_um"], ring_um=patch.get("ring_um") or 0.0
         )
@@ -73,7 +74,7 @@ class DeployedClassifier:
         normalised between the image's ``low`` and ``high`` percentiles as training normalised each sample."""
         import torch
 
-        from xenium_assets.training.data import resize, to_input
+        from xenium_assets.training.tensors import resize, to_input
 
         out = np.zeros((len(dapi), len(self.classes)), dtype=np.float32)
         device = next(self.module.parameters()).device

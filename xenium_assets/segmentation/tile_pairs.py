@@ -29,7 +29,7 @@ from xenium_assets.segmentation.metrics import Matching, Summary, match, pool
 from xenium_assets.segmentation.reference_images import Segmenter
 
 if TYPE_CHECKING:  # the learned segmenter's module imports torch; evaluating the classical one needs none of it
-    from xenium_assets.segmentation.learned import Pair
+    from xenium_assets.segmentation.training import Pair
 
 WINDOW_PX = 1024
 """Largest window side read at once: about 6 MB of DAPI and labels."""

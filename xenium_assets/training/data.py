@@ -30,15 +30,11 @@ from xenium_assets.layout import ShardFiles, ShardMember, TileShardFiles
 from xenium_assets.patches.masks import (
     CHANNELS,
     DEFAULT_REPRESENTATION,
-    NEEDS_CELL_BOUNDARY,
     NEEDS_RING,
     Representation,
-    cell,
-    nucleus,
-    perinuclear,
-    ring,
 )
 from xenium_assets.patches.shards import RING_UM, TILE_BOUNDS, index_metadata, read_index
+from xenium_assets.training.tensors import resize, to_input
 
 LOW, HIGH = "p1", "p99.9"
 
@@ -143,36 +139,6 @@ def load_index(sample_dirs: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, tu
 def join_labels(index: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """The index rows of cells with a usable label (``labels``: key, label, confidence), the label joined on."""
     return index.merge(labels[["key", "label", "confidence"]], on="key", how="inner", validate="one_to_one")
-
-
-def mask_channels(mask: np.ndarray, representation: str) -> tuple[np.ndarray, np.ndarray]:
-    """The nucleus and the region around it that a representation reads: the ring grown from the nucleus, or the
-    rest of the Xenium cell (for the representations that read the cell boundary)."""
-    around = perinuclear(mask) if representation in NEEDS_CELL_BOUNDARY else ring(mask)
-    return nucleus(mask), around
-
-
-def to_input(dapi: np.ndarray, mask: np.ndarray, low: float, high: float, representation: str) -> torch.Tensor:
-    """(C, P, P) float tensor, or (n, C, P, P) for n patches: DAPI scaled so the sample's 1st..99.9th percentiles
-    map to 0..1."""
-    x = (torch.from_numpy(dapi.astype(np.float32)) - low) / max(high - low, 1.0)
-    if representation == "dapi":
-        return x.unsqueeze(-3)
-    if representation == "masked_dapi":
-        return (x * torch.from_numpy(cell(mask))).unsqueeze(-3)
-    inner, around = mask_channels(mask, representation)
-    return torch.stack([x, torch.from_numpy(inner).float(), torch.from_numpy(around).float()], dim=-3)
-
-
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize (C, H, W) or (B, C, H, W) inputs to ``size`` (bilinear; mask channels stay binary)."""
-    if x.shape[-1] == size:
-        return x
-    batched = x if x.ndim == 4 else x[None]
-    out = F.interpolate(batched, size=(size, size), mode="bilinear", align_corners=False)
-    if out.shape[1] == 3:
-        out[:, 1:] = (out[:, 1:] > 0.5).float()
-    return out if x.ndim == 4 else out[0]
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, blur: bool) -> torch.Tensor:

@@ -5,25 +5,12 @@ from __future__ import annotations
 import math
 
 import lightning as L
-import timm
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-
-def create_backbone(name: str, in_chans: int, num_classes: int, checkpoint: str | None = None) -> nn.Module:
-    """``timm.create_model`` without downloads; a local checkpoint, if given, is adapted to the channels
-    and classes (timm re-initialises the classifier and folds the first convolution)."""
-    if checkpoint:
-        return timm.create_model(
-            name,
-            pretrained=True,
-            pretrained_cfg_overlay={"file": checkpoint},
-            in_chans=in_chans,
-            num_classes=num_classes,
-        )
-    return timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes)
+from xenium_assets.training.backbone import create_backbone
 
 
 def metric_set(num_classes: int, prefix: str) -> MetricCollection:

@@ -376,8 +376,8 @@ def _saliency(
     percentiles: dict,
 ) -> str:
     """Integrated gradients for up to 3 correctly and 3 wrongly classified test cells per class."""
-    from xenium_assets.training.data import resize, to_input
     from xenium_assets.training.model import CellClassifier
+    from xenium_assets.training.tensors import resize, to_input
 
     test = test.assign(correct=test["label"] == test["predicted"])
     chosen = test.groupby(["label", "correct"], group_keys=False).head(SALIENCY_PER_GROUP)

@@ -30,9 +30,7 @@ from xenium_assets.training.data import (
     iter_patches,
     join_labels,
     load_index,
-    mask_channels,
     require_rings,
-    resize,
     shard_splits,
 )
 from xenium_assets.training.evaluate import Evaluation, assess, contrarian_cells
@@ -52,6 +50,7 @@ from xenium_assets.training.spatial_stats import (
     scores,
 )
 from xenium_assets.training.splits import BUFFER, SplitConfig, cell_splits, spatial_split, split_summary
+from xenium_assets.training.tensors import mask_channels, resize
 from xenium_assets.training.train import FitResult, TrainConfig, fit, predict
 
 MORPHOLOGY_TRAIN_CELLS = 50_000
