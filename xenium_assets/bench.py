@@ -10,6 +10,7 @@ from pathlib import Path
 
 from xenium_assets.formats import XeniumFile
 from xenium_assets.layout import BENCH_VIEW_SCREENSHOT, GeometryFiles, ProjectPaths, SegmenterFiles
+from xenium_assets.prediction.options import PredictOptions
 from xenium_assets.progress import TqdmProgress
 
 
@@ -777,13 +778,14 @@ def _predict_segmenter(cache: Path, kind: str, steps: int | None):
 def _predict_warm_up(threads: int) -> dict:
     """Run on each worker before the timed prediction: torch's threads set to the worker's (torch otherwise takes
     every core in each worker process; dask's workers also start with OMP_NUM_THREADS=1), and the task code and
-    torch imported, as ``extract.warm_up`` loads the patch code. The models load inside the timed run."""
+    torch imported, as ``extract.warm_up`` loads the patch code. The models load inside the timed run (and what it
+    imports is what a worker of ``predict`` imports: not Lightning)."""
     start = time.perf_counter()
     import torch
 
     import xenium_assets.prediction.tiles  # noqa: F401
     import xenium_assets.segmentation.learned  # noqa: F401
-    import xenium_assets.training.model  # noqa: F401
+    import xenium_assets.training.backbone  # noqa: F401
 
     torch.set_num_threads(threads)
     return {
@@ -829,10 +831,10 @@ def _predict(bundle: Path, out: Path, classifier: Path, choice, workers: int, ti
     each worker's peak memory, and the wall seconds of its parts."""
     from xenium_assets.images.source import open_image
     from xenium_assets.parallel import dask_client, dask_runner
-    from xenium_assets.prediction.run import PredictOptions, predict_image
+    from xenium_assets.prediction.run import predict_image
 
     source = open_image(bundle)
-    with dask_client(n_workers=workers, threads_per_worker=1) as client:
+    with dask_client(n_workers=workers, threads_per_worker=1, lean=True) as client:
         warm = client.run(_predict_warm_up, 1)
         clock = _StageClock(TqdmProgress())
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -878,7 +880,7 @@ def bench_predict(
     segmenter: str,
     model: Path | None,
     cache: Path,
-    tile_px: int = 2048,
+    tile_px: int = PredictOptions.tile_px,
     segmenter_steps: int | None = None,
     train_cells: int = 1500,
     train_size: int = 2048,

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from xenium_assets.layout import DAGSTER_CONFIG, ProjectPaths
+from xenium_assets.prediction.options import PredictOptions
 
 
 def _fail(message: str) -> None:
@@ -269,7 +270,13 @@ def add_image(image: Path, key: str | None, pixel_size: float | None, channel: s
 @click.option("--channel", default=None, help="The DAPI channel's name or index, where no channel is called DAPI.")
 @click.option("--nucleus-diameter", type=float, default=None, help="Nucleus diameter in µm (default: the segmenter's).")
 @click.option("--workers", default=2, show_default=True, help="dask worker processes.")
-@click.option("--tile", "tile_px", default=2048, show_default=True, help="Tile side in pixels (a multiple of 1024).")
+@click.option(
+    "--tile",
+    "tile_px",
+    default=PredictOptions.tile_px,
+    show_default=True,
+    help="Tile side in pixels (a multiple of 1024).",
+)
 def predict(
     image: Path,
     out: Path,
@@ -599,7 +606,9 @@ def bench_segmentation(real: Path, steps: int | None, use_tuning: bool, seed: in
     default=None,
     help="A trained classifier folder (model.json); default: a small one trained once on synthetic bundles.",
 )
-@click.option("--tile-px", default=2048, show_default=True, help="Side of the tiles that run in parallel.")
+@click.option(
+    "--tile-px", default=PredictOptions.tile_px, show_default=True, help="Side of the tiles that run in parallel."
+)
 @BENCH_CACHE
 @JSON_FLAG
 def bench_predict(

@@ -23,7 +23,8 @@ from xenium_assets.patches.geometry import read_tile_polygons
 from xenium_assets.patches.grid import PatchSpec
 from xenium_assets.patches.masks import nucleus, ring
 from xenium_assets.prediction.classifier import DeployedClassifier, ModelInputError
-from xenium_assets.prediction.run import PredictOptions, predict_image
+from xenium_assets.prediction.options import PredictOptions
+from xenium_assets.prediction.run import predict_image
 from xenium_assets.prediction.tiles import SegmenterChoice, cut_patches
 from xenium_assets.raster import Window
 from xenium_assets.segmentation.bundle_nuclei import read_bundle_nuclei

@@ -13,6 +13,7 @@ from xenium_assets.defs.partitions import image_partitions
 from xenium_assets.defs.resources import ProjectResource
 from xenium_assets.defs.trained_model import trained_model
 from xenium_assets.layout import ModelFiles, read_json
+from xenium_assets.prediction.options import PredictOptions
 from xenium_assets.progress import LogProgress
 
 
@@ -23,7 +24,7 @@ class PredictConfig(Config):
     """"classical", or NAME/VERSION of a registered segmenter; None: the latest registered one, else classical."""
     nucleus_diameter_um: float | None = None
     """The nuclei's diameter; None: the segmenter's training nuclei's."""
-    tile_px: int = 2048
+    tile_px: int = PredictOptions.tile_px
     """Side of the tiles that run in parallel (a multiple of 1024)."""
 
 
@@ -43,7 +44,7 @@ def cell_predictions(
     from xenium_assets.parallel import dask_runner
     from xenium_assets.prediction.evaluate import against_sample
     from xenium_assets.prediction.models import choose_classifier, choose_segmenter
-    from xenium_assets.prediction.run import PredictOptions, predict_image
+    from xenium_assets.prediction.run import predict_image
 
     key = context.partition_key
     paths = project.paths
@@ -59,7 +60,7 @@ def cell_predictions(
     files = paths.predictions(key)
     progress = LogProgress(context.log.info)
     try:
-        with dask.client() as client:
+        with dask.client(lean=True) as client:
             result = predict_image(
                 source,
                 files.folder,

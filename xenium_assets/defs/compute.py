@@ -14,7 +14,8 @@ class DaskResource(ConfigurableResource):
 
     Workers of an existing cluster must see the project's data folder at the same path (shared storage),
     and are fastest and leanest without dask's default ``MALLOC_TRIM_THRESHOLD_`` and with
-    ``ARROW_DEFAULT_MEMORY_POOL=system`` in their environment (see ``client``).
+    ``ARROW_DEFAULT_MEMORY_POOL=system`` in their environment; prediction's are leanest with
+    ``MALLOC_MMAP_THRESHOLD_=65536`` and ``MALLOC_TRIM_THRESHOLD_=65536`` (see ``parallel.dask_client``).
     """
 
     scheduler_address: str | None = None
@@ -23,8 +24,9 @@ class DaskResource(ConfigurableResource):
     threads_per_worker: int = 1
 
     @contextmanager
-    def client(self) -> Iterator:
-        with dask_client(self.scheduler_address, self.n_workers, self.threads_per_worker) as client:
+    def client(self, lean: bool = False) -> Iterator:
+        """``lean``: a local cluster's workers give freed memory back at once (see ``parallel.dask_client``)."""
+        with dask_client(self.scheduler_address, self.n_workers, self.threads_per_worker, lean=lean) as client:
             yield client
 
 

@@ -11,7 +11,8 @@ from xenium_assets.layout import ProjectPaths
 from xenium_assets.model_store import local_tracking_uri
 from xenium_assets.parallel import dask_client, dask_runner
 from xenium_assets.prediction.models import choose_classifier, choose_segmenter
-from xenium_assets.prediction.run import PredictOptions, predict_image
+from xenium_assets.prediction.options import PredictOptions
+from xenium_assets.prediction.run import predict_image
 from xenium_assets.progress import TqdmProgress
 
 
@@ -26,7 +27,7 @@ def predict_from_shell(
     channel: str | int | None = None,
     nucleus_diameter_um: float | None = None,
     workers: int = 2,
-    tile_px: int = 2048,
+    tile_px: int = PredictOptions.tile_px,
     tracking_uri: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> Iterator[str]:
@@ -36,7 +37,7 @@ def predict_from_shell(
     classifier = choose_classifier(paths, uri, model)
     choice, notes = choose_segmenter(paths, uri, segmenter, nucleus_diameter_um)
     echo(f"classifier {classifier.version}, segmenter {choice.version}, {source.shape[1]} x {source.shape[0]} px")
-    with dask_client(None, workers, 1) as client:
+    with dask_client(None, workers, 1, lean=True) as client:
         progress = TqdmProgress()
         result = predict_image(
             source,

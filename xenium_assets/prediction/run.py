@@ -24,6 +24,7 @@ from xenium_assets.layout import PredictionFiles
 from xenium_assets.parallel import Runner, thread_runner
 from xenium_assets.patches.dapi_store import write_description
 from xenium_assets.prediction.classifier import DeployedClassifier
+from xenium_assets.prediction.options import LABEL_CHUNK, PredictOptions
 from xenium_assets.prediction.tiles import (
     LabelTask,
     SegmenterChoice,
@@ -34,14 +35,6 @@ from xenium_assets.prediction.tiles import (
     tile_cores,
 )
 from xenium_assets.progress import Progress, no_progress
-
-LABEL_CHUNK = 1024
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    tile_px: int = 2048
-    """Side of the tiles that run in parallel (a multiple of the label image's 1024 px chunks)."""
 
 
 @dataclass
@@ -80,8 +73,6 @@ def predict_image(
     progress: Progress = no_progress,
 ) -> Prediction:
     """Segment and classify every nucleus of ``source``; write ``PredictionFiles(out_dir)``."""
-    if options.tile_px % LABEL_CHUNK:
-        raise ValueError(f"tile_px must be a multiple of {LABEL_CHUNK}, not {options.tile_px}")
     start = time.perf_counter()
     run = run or thread_runner()
     out = Path(out_dir)
