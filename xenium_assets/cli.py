@@ -401,12 +401,14 @@ def demo(n_cells: int, size: int, segmenter_steps: int | None) -> None:
 )
 def view(sample: str, genes: tuple[str, ...], screenshot: Path | None) -> None:
     """Open SAMPLE in napari: DAPI pyramid, nuclei and cells, expression labels, test-tile predictions and
-    a class widget with training patches; or an added image's cell_predictions (its DAPI, nuclei and predicted
-    classes). Needs the viewer extra: pip install -e '.[viewer]'."""
+    a class widget with training patches; or a prediction (its DAPI, nuclei and predicted classes): an added image's
+    cell_predictions by its key, or the OUT folder of `xenium-assets predict`. Needs the viewer extra:
+    pip install -e '.[viewer]'."""
     import time
     from contextlib import nullcontext
 
     from xenium_assets.bundle.errors import BundleError
+    from xenium_assets.layout import PredictionFiles
     from xenium_assets.progress import TqdmProgress
     from xenium_assets.viewer.data import ViewerError, load_view_data
     from xenium_assets.viewer.display import DisplayUnavailable, virtual_display
@@ -422,14 +424,20 @@ def view(sample: str, genes: tuple[str, ...], screenshot: Path | None) -> None:
         _fail("no screen (DISPLAY is unset): run it on a desktop, or save a picture with --screenshot PNG")
     try:
         paths = ProjectPaths.default()
-        predicted = paths.predictions(sample)
-        image_only = not paths.raw_bundle(sample).manifest.exists() and predicted.summary.exists()
+        out = PredictionFiles(Path(sample))
+        if out.summary.exists():  # the OUT folder of `xenium-assets predict`
+            predicted, image_only = out, True
+        else:
+            predicted = paths.predictions(sample)
+            image_only = not paths.raw_bundle(sample).manifest.exists() and predicted.summary.exists()
         data = None if image_only else load_view_data(paths, sample, genes, TqdmProgress())
         with virtual_display() if screenshot else nullcontext():
             if image_only:
                 from xenium_assets.viewer.predictions import build_prediction_viewer
 
-                viewer = build_prediction_viewer(predicted, sample, show=screenshot is None, report=click.echo)
+                viewer = build_prediction_viewer(
+                    predicted, Path(sample).name, show=screenshot is None, report=click.echo
+                )
             else:
                 viewer = build_viewer(data, report=click.echo)
             if screenshot is None:

@@ -326,6 +326,31 @@ def test_view_shows_an_images_nuclei_in_their_predicted_classes(screen, predicte
         viewer.close()
 
 
+def test_view_command_opens_the_output_folder_of_predict(screen, predicted, tmp_path):
+    """`xenium-assets view OUT` shows a prediction made from a shell, without a Dagster project."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    _, files, _ = predicted
+    shot = tmp_path / "shot.png"
+    env = {**os.environ, "XENIUM_ASSETS_DATA": str(tmp_path / "no_project"), "DISPLAY": screen}
+    cli = Path(sys.executable).parent / "xenium-assets"
+    done = subprocess.run(
+        [str(cli), "view", str(files.folder), "--screenshot", str(shot)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert (pixels.std(axis=2) > 30).mean() > 0.01  # nuclei drawn in their classes' colours
+
+
 def test_end_to_end_scores_a_held_out_slide_against_its_own_nuclei_and_labels(predicted, model, bundles):
     """The slide predicted from its DAPI alone, against its Xenium nuclei and true classes: segmentation F1 from
     one-to-one IoU > 0.5 matches, macro-F1 on matched nuclei with an interval from resampled tiles; and a shuffle of
