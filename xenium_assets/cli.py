@@ -435,9 +435,7 @@ def view(sample: str, genes: tuple[str, ...], screenshot: Path | None) -> None:
             if image_only:
                 from xenium_assets.viewer.predictions import build_prediction_viewer
 
-                viewer = build_prediction_viewer(
-                    predicted, Path(sample).name, show=screenshot is None, report=click.echo
-                )
+                viewer = build_prediction_viewer(predicted, Path(sample).name, report=click.echo)
             else:
                 viewer = build_viewer(data, report=click.echo)
             if screenshot is None:

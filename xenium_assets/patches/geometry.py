@@ -130,6 +130,8 @@ def split_by_tile(
     n_nuclei = np.zeros(n, dtype=np.int64)
     cell_area = np.zeros(n)
     counts = {"cell": 0, "nucleus": 0}
+    # Progress counts cells with a polygon of each kind split so far: a cell may have several nuclei.
+    split = {"cell": np.zeros(n, dtype=bool), "nucleus": np.zeros(n, dtype=bool)}
     unknown = 0
     files = GeometryFiles(out_dir)
     tmp = out_dir / f".{files.tiles.name}{PARTIAL}{os.getpid()}"
@@ -146,6 +148,7 @@ def split_by_tile(
                 unknown += int((owner < 0).sum())
                 pick = usable_polygons(batch, owner)
                 counts[kind] += len(pick)
+                split[kind][owner[pick]] = True
                 vidx, offsets = gather(batch.starts, batch.rows, pick)
                 area, moment_x, moment_y = ring_moments(batch.x[vidx], batch.y[vidx], offsets)
                 if kind == "nucleus":
@@ -186,7 +189,7 @@ def split_by_tile(
                     if key not in writers:
                         writers[key] = pa.ipc.new_file(tmp / files.tile(key).name, POLYGON_SCHEMA)
                     writers[key].write_table(table)
-                progress("split polygons by tile", counts["nucleus"] + counts["cell"], 2 * n)
+                progress("split polygons by tile", int(split["nucleus"].sum() + split["cell"].sum()), 2 * n)
         for w in writers.values():
             w.close()
         final = files.tiles

@@ -304,7 +304,9 @@ def _write_spatialdata(files: PredictionFiles, nuclei, dapi, levels: int) -> Non
         elements["tables"] = {
             "table": TableModel.parse(table, region="nuclei", region_key="region", instance_key="nucleus_id")
         }
-    SpatialData(**elements).write(files.spatialdata, overwrite=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="zarr v3 autosharding")  # anndata's notice, on the table's arrays
+        SpatialData(**elements).write(files.spatialdata, overwrite=True)
 
 
 def _overview(files: PredictionFiles, nuclei, classes: list[str], levels: int, shape: tuple[int, int]) -> bytes:
